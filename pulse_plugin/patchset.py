@@ -1,0 +1,275 @@
+"""Apply, revert and inspect the upstream patch series, all or nothing.
+
+The series is a list of ``git format-patch`` files. Everything is computed in
+memory first; files on disk change only once every hunk of every patch fits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+SERIES_DIR = Path(__file__).resolve().parent.parent / "patches"
+
+
+class PatchError(Exception):
+    """A patch does not fit the target tree, or is malformed or unsafe."""
+
+
+@dataclass
+class Hunk:
+    old_start: int
+    old: List[str]
+    new: List[str]
+
+
+@dataclass
+class FilePatch:
+    old_path: Optional[str]  # None for a new file
+    new_path: Optional[str]  # None for a deleted file
+    hunks: List[Hunk] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return self.new_path or self.old_path
+
+    def reversed(self) -> "FilePatch":
+        hunks = [Hunk(h.old_start, h.new, h.old) for h in self.hunks]
+        return FilePatch(self.new_path, self.old_path, hunks)
+
+
+@dataclass
+class Patch:
+    name: str
+    subject: str
+    files: List[FilePatch]
+    text: str
+
+    def reversed(self) -> "Patch":
+        return Patch(self.name, self.subject, [f.reversed() for f in self.files], "")
+
+
+def series_files(series_dir: Path = SERIES_DIR) -> List[Path]:
+    """The series' patch files, in order."""
+    files = sorted(Path(series_dir).glob("*.patch"))
+    if not files:
+        raise PatchError(f"no *.patch files in {series_dir}")
+    return files
+
+
+def _strip_prefix(path: str, name: str) -> Optional[str]:
+    if path == "/dev/null":
+        return None
+    if not path.startswith(("a/", "b/")):
+        raise PatchError(f"{name}: path {path!r} lacks the a/ or b/ prefix")
+    return check_relative(path[2:], name)
+
+
+def check_relative(path: str, name: str) -> str:
+    """Refuse absolute paths and paths that climb out of the target folder."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() or ".." in parts or not parts:
+        raise PatchError(f"{name}: refusing path {path!r} outside the target folder")
+    return path
+
+
+def parse_patch(path: Path) -> Patch:
+    """Parse one ``git format-patch`` file."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    subject = next((l[9:].strip() for l in lines if l.startswith("Subject: ")), "")
+    files: List[FilePatch] = []
+    current: Optional[FilePatch] = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("diff --git "):
+            current = None
+        elif line.startswith("--- ") and lines[i + 1].startswith("+++ "):
+            old = _strip_prefix(line[4:].strip(), path.name)
+            new = _strip_prefix(lines[i + 1][4:].strip(), path.name)
+            current = FilePatch(old, new)
+            files.append(current)
+            i += 1
+        elif line.startswith("@@ ") and current is not None:
+            hunk, i = _read_hunk(lines, i, path.name)
+            current.hunks.append(hunk)
+            continue
+        i += 1
+    if not files:
+        raise PatchError(f"{path.name}: no file changes found")
+    return Patch(path.name, subject, files, text)
+
+
+def _read_hunk(lines: List[str], i: int, name: str) -> Tuple[Hunk, int]:
+    """Read the hunk whose header is lines[i], using its line counts."""
+    m = _HUNK.match(lines[i])
+    if m is None:
+        raise PatchError(f"{name}: malformed hunk header {lines[i].strip()!r}")
+    old_left = int(m.group(2) or 1)
+    new_left = int(m.group(4) or 1)
+    hunk = Hunk(int(m.group(1)), [], [])
+    i += 1
+    while old_left or new_left:
+        if i >= len(lines):
+            raise PatchError(f"{name}: hunk at line {hunk.old_start} is cut short")
+        line = lines[i] if lines[i] != "\n" else " \n"  # context with stripped space
+        tag, body = line[:1], line[1:]
+        if tag not in (" ", "-", "+"):
+            raise PatchError(f"{name}: unexpected line in hunk: {line.strip()!r}")
+        if tag in (" ", "-"):
+            hunk.old.append(body)
+            old_left -= 1
+        if tag in (" ", "+"):
+            hunk.new.append(body)
+            new_left -= 1
+        i += 1
+    if i < len(lines) and lines[i].startswith("\\"):
+        for side in (hunk.old, hunk.new):
+            if side and side[-1].endswith("\n"):
+                side[-1] = side[-1][:-1]
+        i += 1
+    return hunk, i
+
+
+def _apply_hunks(lines: List[str], fp: FilePatch, patch_name: str) -> List[str]:
+    out = list(lines)
+    shift = 0
+    for n, hunk in enumerate(fp.hunks, 1):
+        start = (
+            max(hunk.old_start - 1, 0) + shift if hunk.old else hunk.old_start + shift
+        )
+        found = _find(out, hunk.old, start)
+        if found is None:
+            raise PatchError(
+                f"{patch_name}: hunk {n} of {fp.path} does not fit "
+                f"(expected near line {hunk.old_start}: {_preview(hunk.old)})"
+            )
+        out[found : found + len(hunk.old)] = hunk.new
+        shift = found - max(hunk.old_start - 1, 0) + len(hunk.new) - len(hunk.old)
+    return out
+
+
+def _find(lines: List[str], block: List[str], start: int) -> Optional[int]:
+    if not block:
+        return min(start, len(lines))
+    for offset in range(0, len(lines) + 1):
+        for pos in (start - offset, start + offset):
+            if (
+                0 <= pos <= len(lines) - len(block)
+                and lines[pos : pos + len(block)] == block
+            ):
+                return pos
+    return None
+
+
+def _preview(block: List[str]) -> str:
+    first = next((l.strip() for l in block if l.strip()), "")
+    return repr(first[:60])
+
+
+Tree = Dict[str, Optional[str]]  # path -> content, None where the file is absent
+
+
+def apply_in_memory(
+    root: Path, patches: Sequence[Patch], tree: Optional[Tree] = None
+) -> Tree:
+    """Apply patches to the files under root without touching the disk."""
+    tree = dict(tree or {})
+    for patch in patches:
+        for fp in patch.files:
+            for rel in {fp.old_path, fp.new_path} - {None}:
+                if rel not in tree:
+                    target = Path(root) / rel
+                    tree[rel] = (
+                        target.read_text(encoding="utf-8") if target.is_file() else None
+                    )
+            if fp.old_path is None:
+                if tree.get(fp.new_path) is not None:
+                    raise PatchError(f"{patch.name}: {fp.new_path} already exists")
+                lines: List[str] = []
+            else:
+                content = tree.get(fp.old_path)
+                if content is None:
+                    raise PatchError(f"{patch.name}: {fp.old_path} is missing")
+                lines = content.splitlines(keepends=True)
+            new_lines = _apply_hunks(lines, fp, patch.name)
+            if fp.new_path is None:
+                if new_lines:
+                    raise PatchError(
+                        f"{patch.name}: {fp.old_path} is not as the patch expects"
+                    )
+                tree[fp.old_path] = None
+            else:
+                tree[fp.new_path] = "".join(new_lines)
+    return tree
+
+
+def applied_count(root: Path, patches: Sequence[Patch]) -> int:
+    """How many leading patches of the series are applied; PatchError if none fits."""
+    first_error: Optional[PatchError] = None
+    for k in range(len(patches), -1, -1):
+        try:
+            tree = apply_in_memory(root, [p.reversed() for p in reversed(patches[:k])])
+            apply_in_memory(root, patches[k:], tree)
+            return k
+        except PatchError as err:
+            first_error = err if k == 0 else first_error
+    raise PatchError(f"the tree matches no state of the series: {first_error}")
+
+
+def write_tree(root: Path, tree: Tree) -> List[str]:
+    """Write a computed tree, restoring every file if any write fails."""
+    root = Path(root)
+    backup: Tree = {}
+    changed = []
+    try:
+        for rel, content in sorted(tree.items()):
+            target = root / rel
+            old = target.read_text(encoding="utf-8") if target.is_file() else None
+            if old == content:
+                continue
+            backup[rel] = old
+            if content is None:
+                target.unlink()
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".pulse-tmp")
+                tmp.write_text(content, encoding="utf-8")
+                os.replace(tmp, target)
+            changed.append(rel)
+    except OSError:
+        for rel, content in backup.items():
+            target = root / rel
+            if content is None:
+                target.unlink(missing_ok=True)
+            else:
+                target.write_text(content, encoding="utf-8")
+        raise
+    return changed
+
+
+def load_series(series_dir: Path = SERIES_DIR) -> List[Patch]:
+    return [parse_patch(p) for p in series_files(series_dir)]
+
+
+def apply_series(root: Path, patches: Sequence[Patch]) -> Tuple[int, List[str]]:
+    """Apply the patches not yet applied; returns (how many were applied, files changed)."""
+    k = applied_count(root, patches)
+    if k == len(patches):
+        return 0, []
+    tree = apply_in_memory(root, patches[k:])
+    return len(patches) - k, write_tree(root, tree)
+
+
+def revert_series(root: Path, patches: Sequence[Patch]) -> Tuple[int, List[str]]:
+    """Revert the applied patches; returns (how many were reverted, files changed)."""
+    k = applied_count(root, patches)
+    if k == 0:
+        return 0, []
+    tree = apply_in_memory(root, [p.reversed() for p in reversed(patches[:k])])
+    return k, write_tree(root, tree)
