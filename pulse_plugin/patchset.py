@@ -25,6 +25,8 @@ class Hunk:
     old_start: int
     old: List[str]
     new: List[str]
+    removed: int = 0
+    added: int = 0
 
 
 @dataclass
@@ -38,7 +40,9 @@ class FilePatch:
         return self.new_path or self.old_path
 
     def reversed(self) -> "FilePatch":
-        hunks = [Hunk(h.old_start, h.new, h.old) for h in self.hunks]
+        hunks = [
+            Hunk(h.old_start, h.new, h.old, h.added, h.removed) for h in self.hunks
+        ]
         return FilePatch(self.new_path, self.old_path, hunks)
 
 
@@ -77,11 +81,24 @@ def check_relative(path: str, name: str) -> str:
     return path
 
 
+def _subject(lines: List[str]) -> str:
+    """The Subject header, unfolded, without git's [PATCH n/m] prefix."""
+    for i, line in enumerate(lines):
+        if line.startswith("Subject: "):
+            parts = [line[9:].strip()]
+            for more in lines[i + 1 :]:
+                if not more.startswith((" ", "\t")):
+                    break
+                parts.append(more.strip())
+            return re.sub(r"^\[PATCH[^\]]*\]\s*", "", " ".join(parts))
+    return ""
+
+
 def parse_patch(path: Path) -> Patch:
     """Parse one ``git format-patch`` file."""
     text = Path(path).read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
-    subject = next((l[9:].strip() for l in lines if l.startswith("Subject: ")), "")
+    subject = _subject(lines)
     files: List[FilePatch] = []
     current: Optional[FilePatch] = None
     i = 0
@@ -123,9 +140,11 @@ def _read_hunk(lines: List[str], i: int, name: str) -> Tuple[Hunk, int]:
             raise PatchError(f"{name}: unexpected line in hunk: {line.strip()!r}")
         if tag in (" ", "-"):
             hunk.old.append(body)
+            hunk.removed += tag == "-"
             old_left -= 1
         if tag in (" ", "+"):
             hunk.new.append(body)
+            hunk.added += tag == "+"
             new_left -= 1
         i += 1
     if i < len(lines) and lines[i].startswith("\\"):
@@ -214,8 +233,8 @@ def applied_count(root: Path, patches: Sequence[Patch]) -> int:
     first_error: Optional[PatchError] = None
     for k in range(len(patches), -1, -1):
         try:
-            tree = apply_in_memory(root, [p.reversed() for p in reversed(patches[:k])])
-            apply_in_memory(root, patches[k:], tree)
+            apply_in_memory(root, [p.reversed() for p in reversed(patches[:k])])
+            apply_in_memory(root, patches[k:])
             return k
         except PatchError as err:
             first_error = err if k == 0 else first_error
@@ -251,6 +270,23 @@ def write_tree(root: Path, tree: Tree) -> List[str]:
                 target.write_text(content, encoding="utf-8")
         raise
     return changed
+
+
+def line_counts(patches: Sequence[Patch]) -> Dict[str, Tuple[int, int]]:
+    """Lines (added, removed) per file over the whole series."""
+    counts: Dict[str, Tuple[int, int]] = {}
+    for patch in patches:
+        for fp in patch.files:
+            added, removed = counts.get(fp.path, (0, 0))
+            added += sum(h.added for h in fp.hunks)
+            removed += sum(h.removed for h in fp.hunks)
+            counts[fp.path] = (added, removed)
+    return counts
+
+
+def new_files(patches: Sequence[Patch]) -> List[str]:
+    """Files the series creates."""
+    return [fp.new_path for p in patches for fp in p.files if fp.old_path is None]
 
 
 def load_series(series_dir: Path = SERIES_DIR) -> List[Patch]:

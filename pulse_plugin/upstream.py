@@ -71,7 +71,17 @@ def _download_wheel() -> Path:
     if found:
         return found[0]
     wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", str(wheels)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        WHEEL,
+        "-d",
+        str(wheels),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(wheels.glob(f"{name}-*.whl"))
     if result.returncode != 0 or not found:
@@ -100,17 +110,25 @@ def _files_from_checkout(checkout: Path) -> Dict[str, bytes]:
         raise UpstreamError(
             f"{checkout} is not an mlx-examples checkout: {PACKAGE}/unet.py is missing"
         )
-    return {rel: (checkout / rel).read_bytes() for rel in UPSTREAM_BLOBS if (checkout / rel).is_file()}
+    return {
+        rel: (checkout / rel).read_bytes()
+        for rel in UPSTREAM_BLOBS
+        if (checkout / rel).is_file()
+    }
 
 
 def fetch_upstream(dest: Path, checkout: Optional[Path] = None) -> FetchReport:
     """Write upstream's stable_diffusion folder under dest, laid out like a checkout root."""
     dest = Path(dest)
     if (dest / "stable_diffusion").exists():
-        raise UpstreamError(f"{dest / 'stable_diffusion'} already exists; choose an empty folder")
+        raise UpstreamError(
+            f"{dest / 'stable_diffusion'} already exists; choose an empty folder"
+        )
     files = _files_from_checkout(checkout) if checkout else _files_from_wheel()
     source = f"checkout {checkout}" if checkout else f"wheel {WHEEL}"
-    verified = [rel for rel, data in files.items() if git_blob_hash(data) == UPSTREAM_BLOBS[rel]]
+    verified = [
+        rel for rel, data in files.items() if git_blob_hash(data) == UPSTREAM_BLOBS[rel]
+    ]
     not_upstream = sorted(set(files) - set(verified))
     missing = sorted(set(PACKAGE_FILES) - set(files))
     if missing:
@@ -126,7 +144,9 @@ def fetch_upstream(dest: Path, checkout: Optional[Path] = None) -> FetchReport:
 def describe(report: FetchReport) -> str:
     """A plain account of what was fetched and what is not upstream's."""
     lines = [f"upstream stable_diffusion from {report.source} -> {report.root}"]
-    lines.append(f"  {len(report.verified)} files identical to upstream {UPSTREAM_COMMIT[:8]}")
+    lines.append(
+        f"  {len(report.verified)} files identical to upstream {UPSTREAM_COMMIT[:8]}"
+    )
     for rel in report.not_upstream:
         lines.append(f"  NOT upstream's file (content differs): {rel}")
     for rel in report.missing:
@@ -142,17 +162,30 @@ def _series_key(series_dir: Path = patchset.SERIES_DIR) -> str:
 
 
 def prepared_tree(patched: bool = True) -> Path:
-    """A cached upstream tree (patched or not), made once, atomically."""
-    name = f"upstream-{'patched-' + _series_key() if patched else 'plain'}"
+    """A cached upstream tree, patched or plain, made once and atomically.
+
+    Upstream comes from the checkout named by $PULSE_UPSTREAM_CHECKOUT when set,
+    else from the registry wheel. The plain tree has the series reverted, so a
+    patched checkout serves too.
+    """
+    checkout = os.environ.get("PULSE_UPSTREAM_CHECKOUT")
+    source = (
+        hashlib.sha1(str(checkout).encode()).hexdigest()[:8] if checkout else "wheel"
+    )
+    state = "patched-" + _series_key() if patched else "plain-" + _series_key()
+    name = f"upstream-{source}-{state}"
     final = cache_dir() / name
     if (final / PACKAGE / "unet.py").is_file():
         return final
     cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=name + ".", dir=cache_dir()))
     try:
-        fetch_upstream(tmp)
+        fetch_upstream(tmp, Path(checkout) if checkout else None)
+        series = patchset.load_series()
         if patched:
-            patchset.apply_series(tmp, patchset.load_series())
+            patchset.apply_series(tmp, series)
+        else:
+            patchset.revert_series(tmp, series)
         try:
             os.replace(tmp, final)
         except OSError:  # another process made it first
