@@ -1,0 +1,359 @@
+"""Runtime LoRA wrappers, apply / remove / re-weight, and exact fuse / unfuse.
+
+MLX calls ``type(module).__call__``, so a runtime adapter replaces the child
+module in its parent (``parent.query_proj = LoRALinear(base)``) and removal
+puts the original object back. Fusing keeps the original weight arrays and
+unfusing restores them, so weights after unfuse are the very same arrays.
+State lives on the pipeline object (``pipe._pulse_lora``), never in globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .io import LoRA, LoRAError, LoRALayer, delta_weight, load_lora
+
+Slot = Tuple[str, str]  # (component, mlx_path)
+
+
+class LoRAAdapter(nn.Module):
+    """One named adapter on one layer: ``weight * scale * up(down(x))``."""
+
+    def __init__(
+        self, name: str, down: mx.array, up: mx.array, scale: float, weight: float
+    ):
+        super().__init__()
+        self.name = name
+        self.down = down
+        self.up = up
+        self.scale = float(scale)
+        self.weight = float(weight)
+
+
+class LoRALinear(nn.Module):
+    """A Linear with any number of unfused LoRA adapters added to its output."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.adapters: List[LoRAAdapter] = []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = self.base(x)
+        for a in self.adapters:
+            if a.weight == 0.0:
+                continue
+            h = (x @ a.down.astype(x.dtype).T) @ a.up.astype(x.dtype).T
+            y = y + (a.weight * a.scale) * h
+        return y
+
+
+class LoRAConv2d(nn.Module):
+    """A Conv2d with unfused LoRA adapters: a k x k down conv and a 1 x 1 up conv."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.adapters: List[LoRAAdapter] = []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = self.base(x)
+        b = self.base
+        for a in self.adapters:
+            if a.weight == 0.0:
+                continue
+            h = mx.conv2d(
+                x,
+                a.down.astype(x.dtype),
+                stride=b.stride,
+                padding=b.padding,
+                dilation=b.dilation,
+            )
+            h = mx.conv2d(h, a.up.astype(x.dtype))
+            y = y + (a.weight * a.scale) * h
+        return y
+
+
+WRAPPERS = (LoRALinear, LoRAConv2d)
+
+
+@dataclass
+class LoRAState:
+    """What the plugin changed on one pipeline: runtime wrappers and fused originals."""
+
+    wrappers: Dict[Slot, nn.Module] = field(default_factory=dict)
+    adapters: Dict[str, List[Slot]] = field(default_factory=dict)
+    weights: Dict[str, float] = field(default_factory=dict)
+    fused: Dict[Slot, mx.array] = field(default_factory=dict)
+    fused_names: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MatchReport:
+    """Result of matching a LoRA against a pipeline: matched slots and skipped layers."""
+
+    matched: List[Slot]
+    skipped: List[str]
+
+
+def state(pipe) -> LoRAState:
+    """The LoRA state stored on ``pipe`` (created empty on first use)."""
+    st = pipe.__dict__.get("_pulse_lora")
+    if st is None:
+        st = LoRAState()
+        pipe.__dict__["_pulse_lora"] = st
+    return st
+
+
+def component_model(pipe, component: str) -> nn.Module:
+    """The model of a component: ``unet``, ``te1`` (text_encoder / text_encoder_1) or ``te2``."""
+    if component == "unet":
+        return pipe.unet
+    if component == "te1":
+        for attr in ("text_encoder", "text_encoder_1"):
+            if hasattr(pipe, attr):
+                return getattr(pipe, attr)
+    if component == "te2" and hasattr(pipe, "text_encoder_2"):
+        return pipe.text_encoder_2
+    raise LoRAError(
+        f"the pipeline has no {component!r} component (SD has unet/te1, SDXL also te2)"
+    )
+
+
+def _step(node, part: str):
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise KeyError(part)
+        return node[int(part)]
+    if isinstance(node, nn.Module) and part in node:
+        return node[part]
+    raise KeyError(part)
+
+
+def locate(root: nn.Module, path: str) -> Tuple[object, str, object]:
+    """``(parent, last_part, module)`` of a dotted MLX path; raises KeyError if missing."""
+    parts = path.split(".")
+    parent = root
+    for part in parts[:-1]:
+        parent = _step(parent, part)
+    return parent, parts[-1], _step(parent, parts[-1])
+
+
+def _set_child(parent, part: str, module) -> None:
+    if isinstance(parent, list):
+        parent[int(part)] = module
+    else:
+        setattr(parent, part, module)
+
+
+def _base(module):
+    return module.base if isinstance(module, WRAPPERS) else module
+
+
+def _fit(layer: LoRALayer, module) -> LoRALayer:
+    """The layer reshaped to fit ``module``'s weight, or LoRAError saying what was expected."""
+    label = f"{layer.source or layer.path} -> {layer.component}:{layer.path}"
+    w = module.weight
+    if isinstance(module, nn.Linear):
+        down, up = layer.down, layer.up
+        if layer.is_conv:
+            if down.shape[1:3] != (1, 1):
+                raise LoRAError(
+                    f"{label}: a {down.shape[1]}x{down.shape[2]} conv LoRA cannot target a Linear"
+                )
+            down = down.reshape(down.shape[0], -1)
+            up = up.reshape(up.shape[0], -1)
+        expected = (w.shape[0], w.shape[1])
+        got = (up.shape[0], down.shape[1])
+        if got != expected:
+            raise LoRAError(
+                f"{label}: LoRA is {got} (out, in) but the Linear weight is {expected}"
+            )
+        return LoRALayer(
+            layer.component, layer.path, down, up, layer.alpha, layer.source
+        )
+    if isinstance(module, nn.Conv2d):
+        if not layer.is_conv:
+            raise LoRAError(
+                f"{label}: a linear LoRA cannot target a Conv2d {tuple(w.shape)}"
+            )
+        got = (layer.up.shape[0], *layer.down.shape[1:])
+        if got != tuple(w.shape):
+            raise LoRAError(
+                f"{label}: LoRA is {got} (out, kh, kw, in) but the Conv2d weight is "
+                f"{tuple(w.shape)}"
+            )
+        return layer
+    raise LoRAError(
+        f"{label}: target is a {type(module).__name__}, not a Linear or Conv2d"
+    )
+
+
+def match(
+    pipe, lora: LoRA, skip_mismatched: bool = False
+) -> Tuple[List[Tuple[LoRALayer, Slot]], MatchReport]:
+    """Fit every layer of ``lora`` to ``pipe``; errors (or skips, if asked) name the key."""
+    fitted: List[Tuple[LoRALayer, Slot]] = []
+    skipped: List[str] = []
+    for slot, layer in lora.layers.items():
+        component, path = slot
+        try:
+            root = component_model(pipe, component)
+            try:
+                _, _, module = locate(root, path)
+            except KeyError:
+                raise LoRAError(
+                    f"{layer.source or path}: no module {path!r} in {component} "
+                    f"(LoRA {lora.name!r} does not fit this model)"
+                ) from None
+            fitted.append((_fit(layer, _base(module)), slot))
+        except LoRAError as exc:
+            if not skip_mismatched:
+                raise LoRAError(
+                    f"{lora.name}: {exc} (pass skip_mismatched=True to skip)"
+                ) from None
+            skipped.append(str(exc))
+    if not fitted:
+        raise LoRAError(f"{lora.name}: no layer of the LoRA fits this pipeline")
+    return fitted, MatchReport([s for _, s in fitted], list(lora.skipped) + skipped)
+
+
+def _as_lora(item: Union[LoRA, str]) -> LoRA:
+    return item if isinstance(item, LoRA) else load_lora(item)
+
+
+def _weights(n: int, weights: Optional[Sequence[float]]) -> List[float]:
+    if weights is None:
+        return [1.0] * n
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise LoRAError(f"got {n} LoRAs but {len(weights)} weights")
+    return weights
+
+
+def apply(
+    pipe,
+    loras: Union[LoRA, str, Sequence[Union[LoRA, str]]],
+    weights: Optional[Sequence[float]] = None,
+    skip_mismatched: bool = False,
+) -> List[MatchReport]:
+    """Add runtime (unfused) adapters for ``loras`` with ``weights`` (any sign, default 1)."""
+    if isinstance(loras, (LoRA, str)):
+        loras = [loras]
+    loras = [_as_lora(x) for x in loras]
+    weights = _weights(len(loras), weights)
+    st = state(pipe)
+    names = [x.name for x in loras]
+    for name in names:
+        if name in st.adapters or names.count(name) > 1:
+            raise LoRAError(
+                f"an adapter named {name!r} is already active; remove it or rename"
+            )
+    plans = [
+        match(pipe, lora, skip_mismatched) for lora in loras
+    ]  # all checks before changes
+    for lora, w, (fitted, _) in zip(loras, weights, plans):
+        slots = []
+        for layer, slot in fitted:
+            wrapper = st.wrappers.get(slot)
+            if wrapper is None:
+                parent, part, module = locate(component_model(pipe, slot[0]), slot[1])
+                cls = LoRAConv2d if isinstance(module, nn.Conv2d) else LoRALinear
+                wrapper = cls(module)
+                _set_child(parent, part, wrapper)
+                st.wrappers[slot] = wrapper
+            wrapper.adapters.append(
+                LoRAAdapter(lora.name, layer.down, layer.up, layer.scale, w)
+            )
+            slots.append(slot)
+        st.adapters[lora.name] = slots
+        st.weights[lora.name] = w
+    return [report for _, report in plans]
+
+
+def set_weights(pipe, weights: Dict[str, float]) -> None:
+    """Change the weights of active adapters by name (no reloading)."""
+    st = state(pipe)
+    for name in weights:
+        if name not in st.adapters:
+            raise LoRAError(
+                f"no active adapter named {name!r} (active: {sorted(st.adapters)})"
+            )
+    for name, w in weights.items():
+        st.weights[name] = float(w)
+        for slot in st.adapters[name]:
+            for a in st.wrappers[slot].adapters:
+                if a.name == name:
+                    a.weight = float(w)
+
+
+def active(pipe) -> Dict[str, float]:
+    """Active runtime adapters and their weights."""
+    return dict(state(pipe).weights)
+
+
+def remove(pipe, names: Optional[Iterable[str]] = None) -> None:
+    """Remove runtime adapters (all by default); wrappers left empty give back the original module."""
+    st = state(pipe)
+    names = list(st.adapters) if names is None else list(names)
+    for name in names:
+        if name not in st.adapters:
+            raise LoRAError(
+                f"no active adapter named {name!r} (active: {sorted(st.adapters)})"
+            )
+    for name in names:
+        for slot in st.adapters.pop(name):
+            wrapper = st.wrappers[slot]
+            wrapper.adapters = [a for a in wrapper.adapters if a.name != name]
+            if not wrapper.adapters:
+                parent, part, _ = locate(component_model(pipe, slot[0]), slot[1])
+                _set_child(parent, part, wrapper.base)
+                del st.wrappers[slot]
+        del st.weights[name]
+
+
+def fuse(
+    pipe,
+    loras: Union[LoRA, str, Sequence[Union[LoRA, str]]],
+    weights: Optional[Sequence[float]] = None,
+    skip_mismatched: bool = False,
+) -> List[MatchReport]:
+    """Add ``sum_i weight_i * delta_i`` into the weights, keeping the originals for ``unfuse``."""
+    if isinstance(loras, (LoRA, str)):
+        loras = [loras]
+    loras = [_as_lora(x) for x in loras]
+    weights = _weights(len(loras), weights)
+    st = state(pipe)
+    if st.fused:
+        raise LoRAError(f"already fused ({', '.join(st.fused_names)}); unfuse first")
+    plans = [match(pipe, lora, skip_mismatched) for lora in loras]
+    deltas: Dict[Slot, mx.array] = {}
+    for w, (fitted, _) in zip(weights, plans):
+        if w == 0.0:
+            continue
+        for layer, slot in fitted:
+            d = w * delta_weight(layer)
+            deltas[slot] = d if slot not in deltas else deltas[slot] + d
+    for slot, d in deltas.items():
+        module = _base(locate(component_model(pipe, slot[0]), slot[1])[2])
+        original = module.weight
+        st.fused[slot] = original
+        module.weight = (original.astype(mx.float32) + d).astype(original.dtype)
+    mx.eval(
+        [_base(locate(component_model(pipe, s[0]), s[1])[2]).weight for s in deltas]
+    )
+    st.fused_names = [x.name for x in loras]
+    return [report for _, report in plans]
+
+
+def unfuse(pipe) -> None:
+    """Put back the original weight arrays saved by ``fuse`` (bit-identical)."""
+    st = state(pipe)
+    for slot, original in st.fused.items():
+        _base(locate(component_model(pipe, slot[0]), slot[1])[2]).weight = original
+    st.fused.clear()
+    st.fused_names = []

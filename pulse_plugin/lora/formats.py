@@ -1,0 +1,226 @@
+"""LoRA key names: kohya, diffusers and PEFT names to upstream MLX module paths.
+
+Pure string functions. A parsed key is ``(component, diffusers_module, role)``
+with component ``unet``, ``te1`` (the first / only text encoder) or ``te2``
+(SDXL's second), and role ``down`` (A), ``up`` (B) or ``alpha``. Module names
+are mapped to upstream's MLX paths with the same renames upstream's
+``map_unet_weights`` / ``map_clip_text_encoder_weights`` apply to full weights.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple
+
+COMPONENTS = ("unet", "te1", "te2")
+
+# kohya prefixes (SD 1/2 use lora_te, SDXL lora_te1 / lora_te2)
+KOHYA_PREFIXES = {
+    "lora_unet": "unet",
+    "lora_te": "te1",
+    "lora_te1": "te1",
+    "lora_te2": "te2",
+}
+DIFFUSERS_PREFIXES = {"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2"}
+
+# Words of diffusers module names that contain an underscore; kohya names
+# replace every "." by "_", so these are re-joined when parsing.
+COMPOUND_WORDS = (
+    "down_blocks",
+    "up_blocks",
+    "mid_block",
+    "transformer_blocks",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out",
+    "proj_in",
+    "proj_out",
+    "conv_shortcut",
+    "time_emb_proj",
+    "conv_in",
+    "conv_out",
+    "time_embedding",
+    "linear_1",
+    "linear_2",
+    "add_embedding",
+    "text_model",
+    "self_attn",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "text_projection",
+)
+_COMPOUNDS = sorted(
+    (tuple(w.split("_")) for w in COMPOUND_WORDS), key=len, reverse=True
+)
+
+_KOHYA_RE = re.compile(
+    r"^(lora_unet|lora_te1|lora_te2|lora_te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+_DIFFUSERS_RE = re.compile(
+    r"^(unet|text_encoder_2|text_encoder)\.(.+?)\."
+    r"(lora_A\.weight|lora_B\.weight|lora_A\.default\.weight|lora_B\.default\.weight"
+    r"|lora\.down\.weight|lora\.up\.weight"
+    r"|lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$"
+)
+# diffusers' older attention-processor format: ...attn1.processor.to_q_lora.down.weight
+_PROCESSOR_RE = re.compile(
+    r"^(?:(unet)\.)?(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$"
+)
+_ROLES = {
+    "lora_down.weight": "down",
+    "lora_up.weight": "up",
+    "lora_A.weight": "down",
+    "lora_B.weight": "up",
+    "lora_A.default.weight": "down",
+    "lora_B.default.weight": "up",
+    "lora.down.weight": "down",
+    "lora.up.weight": "up",
+    "lora_linear_layer.down.weight": "down",
+    "lora_linear_layer.up.weight": "up",
+    "alpha": "alpha",
+}
+
+
+class LoRAFormatError(ValueError):
+    """A LoRA key or tensor does not fit any supported format."""
+
+
+def kohya_to_dotted(name: str) -> str:
+    """Turn a kohya module name (dots replaced by '_') back into a dotted diffusers name."""
+    parts = name.split("_")
+    out: List[str] = []
+    i = 0
+    while i < len(parts):
+        for words in _COMPOUNDS:
+            if tuple(parts[i : i + len(words)]) == words:
+                out.append("_".join(words))
+                i += len(words)
+                break
+        else:
+            out.append(parts[i])
+            i += 1
+    return ".".join(out)
+
+
+def parse_key(key: str) -> Optional[Tuple[str, str, str, str]]:
+    """``(component, diffusers_module, role, format)`` for a LoRA key, or None if unknown."""
+    m = _KOHYA_RE.match(key)
+    if m:
+        prefix, name, role = m.groups()
+        return KOHYA_PREFIXES[prefix], kohya_to_dotted(name), _ROLES[role], "kohya"
+    m = _PROCESSOR_RE.match(key)
+    if m:
+        _, base, proj, role = m.groups()
+        module = f"{base}.{proj}" + (".0" if proj == "to_out" else "")
+        return "unet", module, role, "diffusers"
+    m = _DIFFUSERS_RE.match(key)
+    if m:
+        prefix, name, role = m.groups()
+        return DIFFUSERS_PREFIXES[prefix], name, _ROLES[role], "diffusers"
+    return None
+
+
+def _replace_words(name: str, table: Tuple[Tuple[str, str], ...]) -> str:
+    """Replace whole dotted sub-sequences of ``name`` (never parts of words)."""
+    padded = f".{name}."
+    for old, new in table:
+        padded = padded.replace(f".{old}.", f".{new}.")
+    return padded[1:-1]
+
+
+_UNET_RENAMES = (
+    ("downsamplers.0.conv", "downsample"),
+    ("upsamplers.0.conv", "upsample"),
+    ("mid_block.resnets.0", "mid_blocks.0"),
+    ("mid_block.attentions.0", "mid_blocks.1"),
+    ("mid_block.resnets.1", "mid_blocks.2"),
+    ("to_k", "key_proj"),
+    ("to_out.0", "out_proj"),
+    ("to_q", "query_proj"),
+    ("to_v", "value_proj"),
+    ("ff.net.2", "linear3"),
+)
+_CLIP_RENAMES = (
+    ("self_attn", "attention"),
+    ("q_proj", "query_proj"),
+    ("k_proj", "key_proj"),
+    ("v_proj", "value_proj"),
+    ("mlp.fc1", "linear1"),
+    ("mlp.fc2", "linear2"),
+)
+
+
+def unet_targets(module: str) -> List[Tuple[str, Optional[int]]]:
+    """MLX paths for a diffusers UNet module: ``[(path, None)]``, or two halves for ``ff.net.0.proj``."""
+    if module.endswith("ff.net.0.proj"):
+        base = _replace_words(module[: -len("ff.net.0.proj")] + "X", _UNET_RENAMES)[:-1]
+        return [(base + "linear1", 0), (base + "linear2", 1)]
+    return [(_replace_words(module, _UNET_RENAMES), None)]
+
+
+def clip_target(module: str) -> str:
+    """MLX path for a diffusers / transformers CLIP text-encoder module."""
+    for prefix in ("text_model.", "embeddings.", "encoder."):
+        if module.startswith(prefix):
+            module = module[len(prefix) :]
+    return _replace_words(module, _CLIP_RENAMES)
+
+
+def targets(component: str, module: str) -> List[Tuple[str, Optional[int]]]:
+    """MLX ``(path, half)`` targets of a diffusers module name in ``component``."""
+    if component == "unet":
+        return unet_targets(module)
+    return [(clip_target(module), None)]
+
+
+def _invert(table: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, str], ...]:
+    return tuple((new, old) for old, new in reversed(table))
+
+
+def unet_module_name(path: str) -> str:
+    """Diffusers name of an MLX UNet path (linear1 / linear2 both give ``ff.net.0.proj``)."""
+    name = _replace_words(path, _invert(_UNET_RENAMES))
+    for half in ("linear1", "linear2"):
+        if name.endswith("." + half):
+            return name[: -len(half)] + "ff.net.0.proj"
+    return name
+
+
+def clip_module_name(path: str) -> str:
+    """Transformers name of an MLX CLIP text-encoder path."""
+    name = _replace_words(path, _invert(_CLIP_RENAMES))
+    if name.startswith("layers."):
+        return "text_model.encoder." + name
+    return "text_model." + name
+
+
+def module_name(component: str, path: str) -> str:
+    """Diffusers / transformers module name of an MLX path in ``component``."""
+    return unet_module_name(path) if component == "unet" else clip_module_name(path)
+
+
+def kohya_prefix(component: str, sdxl: bool) -> str:
+    """kohya prefix of a component (``lora_te`` for SD 1/2, ``lora_te1`` for SDXL)."""
+    if component == "unet":
+        return "lora_unet"
+    if component == "te1":
+        return "lora_te1" if sdxl else "lora_te"
+    return "lora_te2"
+
+
+def kohya_key(component: str, module: str, role: str, sdxl: bool = False) -> str:
+    """kohya key of a diffusers module name and a role (down / up / alpha)."""
+    suffix = {"down": "lora_down.weight", "up": "lora_up.weight", "alpha": "alpha"}[
+        role
+    ]
+    return f"{kohya_prefix(component, sdxl)}_{module.replace('.', '_')}.{suffix}"
+
+
+def diffusers_key(component: str, module: str, role: str) -> str:
+    """diffusers / PEFT key of a diffusers module name and a role (down / up / alpha)."""
+    prefix = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}[component]
+    suffix = {"down": "lora_A.weight", "up": "lora_B.weight", "alpha": "alpha"}[role]
+    return f"{prefix}.{module}.{suffix}"

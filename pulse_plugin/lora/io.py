@@ -1,0 +1,280 @@
+"""Read and write LoRA safetensors files (never pickle), with validation that names the key."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import mlx.core as mx
+
+from . import formats
+
+
+class LoRAError(ValueError):
+    """A LoRA file or adapter is invalid or does not fit the model."""
+
+
+@dataclass
+class LoRALayer:
+    """One low-rank update ``delta W = scale * up @ down`` of an MLX Linear or Conv2d.
+
+    Arrays are in MLX layout: Linear ``down`` (r, in), ``up`` (out, r);
+    Conv2d ``down`` (r, kh, kw, in), ``up`` (out, 1, 1, r).
+    """
+
+    component: str
+    path: str
+    down: mx.array
+    up: mx.array
+    alpha: float
+    source: str = ""
+
+    @property
+    def rank(self) -> int:
+        """The rank r (rows of ``down``)."""
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        """``alpha / rank``."""
+        return self.alpha / self.rank
+
+    @property
+    def is_conv(self) -> bool:
+        """True for a conv (LoCon) layer, False for a linear one."""
+        return self.down.ndim == 4
+
+
+@dataclass
+class LoRA:
+    """A loaded LoRA: layers keyed by ``(component, mlx_path)``, file metadata and skipped keys."""
+
+    name: str
+    layers: Dict[Tuple[str, str], LoRALayer]
+    metadata: Dict[str, str] = field(default_factory=dict)
+    skipped: List[str] = field(default_factory=list)
+    source_format: str = ""
+
+
+def delta_weight(layer: LoRALayer) -> mx.array:
+    """``scale * up @ down`` in float32, shaped like the target's MLX weight."""
+    down = layer.down.astype(mx.float32)
+    up = layer.up.astype(mx.float32)
+    if layer.is_conv:
+        r = layer.rank
+        flat = up.reshape(up.shape[0], r) @ down.reshape(r, -1)
+        return (layer.scale * flat).reshape(up.shape[0], *down.shape[1:])
+    return layer.scale * (up @ down)
+
+
+def _all_finite(x: mx.array) -> bool:
+    return bool(mx.all(mx.isfinite(x.astype(mx.float32))).item())
+
+
+def _torch_to_mlx(key: str, down: mx.array, up: mx.array) -> Tuple[mx.array, mx.array]:
+    """Convert A/B from PyTorch layout (conv: O, I, kh, kw) to MLX layout, checking shapes."""
+    if down.ndim != up.ndim or down.ndim not in (2, 4):
+        raise LoRAError(
+            f"{key}: down {tuple(down.shape)} and up {tuple(up.shape)} must both be "
+            "2-D (linear) or both 4-D (conv)"
+        )
+    if down.shape[0] != up.shape[1]:
+        raise LoRAError(
+            f"{key}: rank mismatch, down has {down.shape[0]} rows but up has "
+            f"{up.shape[1]} columns (shapes {tuple(down.shape)}, {tuple(up.shape)})"
+        )
+    if down.ndim == 4:
+        if tuple(up.shape[2:]) != (1, 1):
+            raise LoRAError(f"{key}: conv up must be 1x1, got {tuple(up.shape)}")
+        down = down.transpose(0, 2, 3, 1)
+        up = up.transpose(0, 2, 3, 1)
+    return down, up
+
+
+def _alpha(key: str, value: Optional[mx.array], rank: int) -> float:
+    if value is None:
+        return float(rank)
+    if value.size != 1:
+        raise LoRAError(
+            f"{key}.alpha: expected a scalar, got shape {tuple(value.shape)}"
+        )
+    alpha = float(value.astype(mx.float32).reshape(-1)[0].item())
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise LoRAError(f"{key}.alpha: expected a finite positive number, got {alpha}")
+    return alpha
+
+
+def from_tensors(
+    tensors: Dict[str, mx.array],
+    name: str = "lora",
+    metadata: Optional[Dict[str, str]] = None,
+    skip_unknown: bool = False,
+) -> LoRA:
+    """Build a LoRA from a flat dict of kohya / diffusers / PEFT tensors."""
+    groups: Dict[Tuple[str, str], Dict[str, Tuple[str, mx.array]]] = {}
+    skipped: List[str] = []
+    unknown: List[str] = []
+    kinds = set()
+    for key in sorted(tensors):
+        parsed = formats.parse_key(key)
+        if parsed is None:
+            unknown.append(key)
+            continue
+        component, module, role, kind = parsed
+        kinds.add(kind)
+        slot = groups.setdefault((component, module), {})
+        if role in slot:
+            raise LoRAError(
+                f"{key}: duplicate {role} for module {module!r} ({slot[role][0]})"
+            )
+        value = tensors[key]
+        if not _all_finite(value):
+            raise LoRAError(f"{key}: contains NaN or infinite values")
+        slot[role] = (key, value)
+    if unknown:
+        if not skip_unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise LoRAError(
+                f"{len(unknown)} key(s) of {name!r} are not kohya/diffusers/PEFT LoRA "
+                f"keys: {shown} (pass skip_unknown=True to skip them)"
+            )
+        skipped.extend(f"{k}: unknown key" for k in unknown)
+    layers: Dict[Tuple[str, str], LoRALayer] = {}
+    for (component, module), slot in groups.items():
+        label = f"{component}:{module}"
+        missing = [r for r in ("down", "up") if r not in slot]
+        if missing:
+            keys = ", ".join(k for k, _ in slot.values())
+            raise LoRAError(
+                f"{label}: missing {' and '.join(missing)} weight (have {keys})"
+            )
+        down, up = _torch_to_mlx(label, slot["down"][1], slot["up"][1])
+        alpha = _alpha(label, slot.get("alpha", (None, None))[1], int(down.shape[0]))
+        for path, half in formats.targets(component, module):
+            part_up = up
+            if half is not None:
+                if up.shape[0] % 2:
+                    raise LoRAError(
+                        f"{label}: ff.net.0.proj up has {up.shape[0]} rows, expected an even "
+                        "number (upstream splits it into linear1 and linear2)"
+                    )
+                part_up = mx.split(up, 2, axis=0)[half]
+            if (component, path) in layers:
+                raise LoRAError(
+                    f"{label}: maps to {path!r}, which another key already targets"
+                )
+            layers[(component, path)] = LoRALayer(
+                component, path, down, part_up, alpha, source=slot["down"][0]
+            )
+    if not layers:
+        raise LoRAError(f"{name!r} contains no LoRA layers")
+    fmt = "+".join(sorted(kinds))
+    return LoRA(name, layers, dict(metadata or {}), skipped, fmt)
+
+
+def load_lora(
+    path: Union[str, Path], name: Optional[str] = None, skip_unknown: bool = False
+) -> LoRA:
+    """Load a kohya / diffusers / PEFT LoRA from a ``.safetensors`` file."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise LoRAError(
+            f"{path}: only .safetensors LoRA files are read (pickle formats are refused)"
+        )
+    if not path.is_file():
+        raise LoRAError(f"{path}: no such file")
+    try:
+        tensors, metadata = mx.load(
+            str(path), format="safetensors", return_metadata=True
+        )
+    except Exception as exc:  # mlx raises RuntimeError / ValueError for corrupt files
+        raise LoRAError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        return from_tensors(tensors, name or path.stem, metadata, skip_unknown)
+    except LoRAError as exc:
+        raise LoRAError(f"{path}: {exc}") from None
+
+
+def _merge_halves(lora: LoRA) -> Dict[Tuple[str, str], LoRALayer]:
+    """Per diffusers module: one layer; linear1/linear2 pairs become one block-diagonal layer."""
+    out: Dict[Tuple[str, str], LoRALayer] = {}
+    pairs: Dict[Tuple[str, str], Dict[int, LoRALayer]] = {}
+    for (component, path), layer in lora.layers.items():
+        module = formats.module_name(component, path)
+        if component == "unet" and module.endswith("ff.net.0.proj"):
+            half = 0 if path.endswith("linear1") else 1
+            pairs.setdefault((component, module), {})[half] = layer
+        else:
+            out[(component, module)] = layer
+    for (component, module), halves in pairs.items():
+        if set(halves) != {0, 1}:
+            raise LoRAError(
+                f"{component}:{module}: linear1 and linear2 must both carry a LoRA to be saved "
+                "as one ff.net.0.proj layer"
+            )
+        a, b = halves[0], halves[1]
+        if a.scale != b.scale:
+            raise LoRAError(f"{component}:{module}: linear1 and linear2 scales differ")
+        if a.down is b.down or (
+            a.down.shape == b.down.shape and mx.array_equal(a.down, b.down).item()
+        ):
+            down = a.down
+            up = mx.concatenate([a.up, b.up], axis=0)
+            alpha = a.alpha
+        else:  # separate A matrices: exact block-diagonal rank 2r form
+            down = mx.concatenate([a.down, b.down], axis=0)
+            za = mx.zeros((a.up.shape[0], b.rank), dtype=a.up.dtype)
+            zb = mx.zeros((b.up.shape[0], a.rank), dtype=b.up.dtype)
+            up = mx.concatenate(
+                [mx.concatenate([a.up, za], 1), mx.concatenate([zb, b.up], 1)], 0
+            )
+            alpha = a.scale * (a.rank + b.rank)
+        out[(component, module)] = LoRALayer(component, a.path, down, up, alpha)
+    return out
+
+
+def to_tensors(
+    lora: LoRA, fmt: str = "kohya", sdxl: bool = False
+) -> Dict[str, mx.array]:
+    """Flat kohya (``fmt='kohya'``) or diffusers/PEFT tensors in PyTorch layout."""
+    if fmt not in ("kohya", "diffusers"):
+        raise LoRAError(f"format must be 'kohya' or 'diffusers', got {fmt!r}")
+    out: Dict[str, mx.array] = {}
+    for (component, module), layer in _merge_halves(lora).items():
+        down, up = layer.down, layer.up
+        if down.ndim == 4:
+            down = down.transpose(0, 3, 1, 2)
+            up = up.transpose(0, 3, 1, 2)
+        for role, value in (
+            ("down", down),
+            ("up", up),
+            ("alpha", mx.array(layer.alpha, dtype=mx.float32)),
+        ):
+            if fmt == "kohya":
+                key = formats.kohya_key(component, module, role, sdxl)
+            else:
+                key = formats.diffusers_key(component, module, role)
+            out[key] = value
+    return out
+
+
+def save_lora(
+    lora: LoRA,
+    path: Union[str, Path],
+    fmt: str = "kohya",
+    sdxl: bool = False,
+    metadata: Optional[Dict[str, object]] = None,
+) -> Path:
+    """Write a LoRA as ``.safetensors`` (kohya names by default) with string metadata."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise LoRAError(f"{path}: LoRA files are written as .safetensors")
+    meta = dict(lora.metadata)
+    for key, value in (metadata or {}).items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(path), to_tensors(lora, fmt, sdxl), metadata=meta)
+    return path
