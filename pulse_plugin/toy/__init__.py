@@ -1,0 +1,17 @@
+"""A small text-to-image model the project trains itself, and its tools.
+
+``default_model_path()`` is the committed model folder (diffusers layout);
+``folder.load_pipeline`` loads it, or any local diffusers-layout folder,
+into upstream's ``StableDiffusion`` class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+
+def default_model_path() -> Path:
+    """The folder of the committed toy model."""
+    return MODEL_DIR

@@ -1,0 +1,494 @@
+"""Diffusers-layout model folders: save upstream models into one, load one back.
+
+A folder holds ``unet/``, ``text_encoder/``, ``vae/``, ``tokenizer/`` and
+``scheduler/`` (plus ``text_encoder_2/`` and ``tokenizer_2/`` for SDXL), each
+with diffusers' ``config.json`` and ``.safetensors`` in diffusers key names.
+Loading reads local files only and maps the weights with upstream's own
+functions (``model_io.map_*_weights`` and ``_load_safetensor_weights``), so a
+folder downloaded by a user works offline as well as the toy model does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+PathLike = Union[str, Path]
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
+def _sd(sd_module: Optional[ModuleType]) -> ModuleType:
+    if sd_module is not None:
+        return sd_module
+    from .. import upstream
+
+    return upstream.load(patched=True)
+
+
+# ---------------------------------------------------------------- key mapping
+# The inverse of upstream's model_io.map_*_weights: upstream name -> diffusers.
+
+_ATTN = (
+    ("query_proj", "to_q"),
+    ("key_proj", "to_k"),
+    ("value_proj", "to_v"),
+    ("out_proj", "to_out.0"),
+)
+_MID = (
+    ("mid_blocks.0", "mid_block.resnets.0"),
+    ("mid_blocks.1", "mid_block.attentions.0"),
+    ("mid_blocks.2", "mid_block.resnets.1"),
+)
+
+
+def _replace_part(key: str, old: str, new: str) -> str:
+    """Replace a dotted name component sequence ``old`` by ``new``."""
+    parts = key.split(".")
+    olds = old.split(".")
+    for i in range(len(parts) - len(olds) + 1):
+        if parts[i : i + len(olds)] == olds:
+            return ".".join(parts[:i] + new.split(".") + parts[i + len(olds) :])
+    return key
+
+
+def _conv_to_torch(value: mx.array) -> mx.array:
+    # upstream/MLX conv weights are (O, H, W, I); diffusers' are (O, I, H, W)
+    return value.transpose(0, 3, 1, 2)
+
+
+def _common_to_diffusers(key: str) -> str:
+    key = _replace_part(key, "downsample", "downsamplers.0.conv")
+    key = _replace_part(key, "upsample", "upsamplers.0.conv")
+    for old, new in _MID:
+        key = _replace_part(key, old, new)
+    for old, new in _ATTN:
+        key = _replace_part(key, old, new)
+    return key
+
+
+def unet_to_diffusers(params: Dict[str, mx.array]) -> Dict[str, mx.array]:
+    out: Dict[str, mx.array] = {}
+    linear1: Dict[str, mx.array] = {}
+    for key, value in params.items():
+        parts = key.split(".")
+        if "linear1" in parts or "linear2" in parts:
+            linear1[key] = value
+            continue
+        new = _replace_part(_common_to_diffusers(key), "linear3", "ff.net.2")
+        if value.ndim == 4:
+            value = _conv_to_torch(value)
+        elif key.endswith("conv_shortcut.weight"):
+            value = value[:, :, None, None]
+        out[new] = value
+    for key, value in linear1.items():
+        if ".linear1." not in "." + key:
+            continue
+        other = linear1[_replace_part(key, "linear1", "linear2")]
+        new = _replace_part(_common_to_diffusers(key), "linear1", "ff.net.0.proj")
+        out[new] = mx.concatenate([value, other], axis=0)
+    return out
+
+
+def text_encoder_to_diffusers(params: Dict[str, mx.array]) -> Dict[str, mx.array]:
+    out: Dict[str, mx.array] = {}
+    for key, value in params.items():
+        if key.startswith("text_projection"):
+            out[key] = value
+            continue
+        if key.startswith(("token_embedding", "position_embedding")):
+            new = "text_model.embeddings." + key
+        elif key.startswith("layers."):
+            new = "text_model.encoder." + key
+            new = _replace_part(new, "attention", "self_attn")
+            new = _replace_part(new, "query_proj", "q_proj")
+            new = _replace_part(new, "key_proj", "k_proj")
+            new = _replace_part(new, "value_proj", "v_proj")
+            new = _replace_part(new, "linear1", "mlp.fc1")
+            new = _replace_part(new, "linear2", "mlp.fc2")
+        else:
+            new = "text_model." + key
+        out[new] = value
+    return out
+
+
+def vae_to_diffusers(params: Dict[str, mx.array]) -> Dict[str, mx.array]:
+    out: Dict[str, mx.array] = {}
+    for key, value in params.items():
+        new = _common_to_diffusers(key)
+        new = _replace_part(new, "quant_proj", "quant_conv")
+        new = _replace_part(new, "post_quant_proj", "post_quant_conv")
+        if value.ndim == 4:
+            value = _conv_to_torch(value)
+        elif key.endswith("conv_shortcut.weight") or key in (
+            "quant_proj.weight",
+            "post_quant_proj.weight",
+        ):
+            value = value[:, :, None, None]
+        out[new] = value
+    return out
+
+
+# ---------------------------------------------------------------- configs
+
+
+def unet_config_json(config, sample_size: int) -> dict:
+    """diffusers' UNet2DConditionModel config for an upstream UNetConfig."""
+    layers = set(config.layers_per_block)
+    cross = set(config.cross_attention_dim)
+    if len(layers) != 1 or len(cross) != 1:
+        raise ValueError("diffusers configs need one layers_per_block and cross dim")
+    out = {
+        "_class_name": "UNet2DConditionModel",
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "sample_size": sample_size,
+        "block_out_channels": list(config.block_out_channels),
+        "layers_per_block": layers.pop(),
+        "transformer_layers_per_block": list(config.transformer_layers_per_block),
+        # upstream reads this as the number of heads (as SD 2.x configs mean it)
+        "attention_head_dim": list(config.num_attention_heads),
+        "cross_attention_dim": cross.pop(),
+        "norm_num_groups": config.norm_num_groups,
+        "down_block_types": list(config.down_block_types),
+        # diffusers lists up blocks from the lowest resolution; upstream reverses
+        "up_block_types": list(config.up_block_types)[::-1],
+        "use_linear_projection": True,
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+    }
+    if config.addition_embed_type is not None:
+        out.update(
+            addition_embed_type=config.addition_embed_type,
+            addition_time_embed_dim=config.addition_time_embed_dim,
+            projection_class_embeddings_input_dim=config.projection_class_embeddings_input_dim,
+        )
+    return out
+
+
+def text_encoder_config_json(config, eos: int, bos: int) -> dict:
+    projection = config.projection_dim is not None
+    return {
+        "architectures": [
+            "CLIPTextModelWithProjection" if projection else "CLIPTextModel"
+        ],
+        "model_type": "clip_text_model",
+        "num_hidden_layers": config.num_layers,
+        "hidden_size": config.model_dims,
+        "intermediate_size": 4 * config.model_dims,
+        "num_attention_heads": config.num_heads,
+        "max_position_embeddings": config.max_length,
+        "vocab_size": config.vocab_size,
+        "projection_dim": config.projection_dim or config.model_dims,
+        "hidden_act": config.hidden_act,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": 0,
+        "torch_dtype": "float32",
+    }
+
+
+def vae_config_json(config, sample_size: int) -> dict:
+    n = len(config.block_out_channels)
+    return {
+        "_class_name": "AutoencoderKL",
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "latent_channels": config.latent_channels_in,
+        "block_out_channels": list(config.block_out_channels),
+        "layers_per_block": config.layers_per_block,
+        "norm_num_groups": config.norm_num_groups,
+        "scaling_factor": config.scaling_factor,
+        "sample_size": sample_size,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "act_fn": "silu",
+    }
+
+
+def scheduler_config_json(config) -> dict:
+    return {
+        "_class_name": "EulerDiscreteScheduler",
+        "beta_start": config.beta_start,
+        "beta_end": config.beta_end,
+        "beta_schedule": config.beta_schedule,
+        "num_train_timesteps": config.num_train_steps,
+        "prediction_type": "epsilon",
+    }
+
+
+# ---------------------------------------------------------------- saving
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _save_weights(path: Path, weights: Dict[str, mx.array], dtype=mx.float32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.astype(dtype) for k, v in sorted(weights.items())}
+    mx.save_safetensors(str(path), weights, metadata={"format": "pt"})
+
+
+def save_tokenizer(folder: Path, tokenizer) -> None:
+    """vocab.json and merges.txt (with the header line upstream skips)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(tokenizer.vocab, indent=0) + "\n")
+    merges = sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])
+    lines = ["#version: 0.2"] + [f"{a} {b}" for (a, b), _ in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+
+
+def _params(module) -> Dict[str, mx.array]:
+    return dict(tree_flatten(module.parameters()))
+
+
+def save_pipeline(
+    pipe,
+    folder: PathLike,
+    unet_config,
+    text_config,
+    vae_config,
+    sample_size: int = 32,
+    dtype=mx.float32,
+) -> Path:
+    """Write a StableDiffusion object's models as a diffusers-layout folder.
+
+    The configs are the upstream dataclasses the models were built from
+    (upstream modules do not keep them); ``sample_size`` is the image size.
+    """
+    folder = Path(folder)
+    latent = sample_size // 2 ** (len(vae_config.block_out_channels) - 1)
+    sdxl = hasattr(pipe, "text_encoder_2")
+    _write_json(folder / "unet" / "config.json", unet_config_json(unet_config, latent))
+    _save_weights(
+        folder / "unet" / WEIGHT_NAMES[0], unet_to_diffusers(_params(pipe.unet)), dtype
+    )
+    encoders = (
+        [
+            ("text_encoder", pipe.text_encoder_1, pipe.tokenizer_1, text_config[0]),
+            ("text_encoder_2", pipe.text_encoder_2, pipe.tokenizer_2, text_config[1]),
+        ]
+        if sdxl
+        else [("text_encoder", pipe.text_encoder, pipe.tokenizer, text_config)]
+    )
+    for name, encoder, tokenizer, cfg in encoders:
+        _write_json(
+            folder / name / "config.json",
+            text_encoder_config_json(cfg, tokenizer.eos_token, tokenizer.bos_token),
+        )
+        _save_weights(
+            folder / name / WEIGHT_NAMES[1],
+            text_encoder_to_diffusers(_params(encoder)),
+            dtype,
+        )
+        save_tokenizer(folder / name.replace("text_encoder", "tokenizer"), tokenizer)
+    _write_json(
+        folder / "vae" / "config.json", vae_config_json(vae_config, sample_size)
+    )
+    _save_weights(
+        folder / "vae" / WEIGHT_NAMES[0],
+        vae_to_diffusers(_params(pipe.autoencoder)),
+        mx.float32,
+    )
+    _write_json(
+        folder / "scheduler" / "scheduler_config.json",
+        scheduler_config_json(pipe.diffusion_config),
+    )
+    index = {
+        "_class_name": (
+            "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+        ),
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    }
+    for name, *_ in encoders:
+        index[name] = ["transformers", "CLIPTextModel"]
+        index[name.replace("text_encoder", "tokenizer")] = [
+            "transformers",
+            "CLIPTokenizer",
+        ]
+    _write_json(folder / "model_index.json", index)
+    return folder
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _weight_file(part: Path) -> Path:
+    for name in WEIGHT_NAMES:
+        if (part / name).is_file():
+            return part / name
+    found = sorted(part.glob("*.safetensors"))
+    found = [f for f in found if ".fp16." not in f.name] or found
+    if not found:
+        raise FileNotFoundError(f"no .safetensors weights in {part}")
+    return found[0]
+
+
+def load_unet(sd: ModuleType, part: Path, float16: bool = False):
+    """Mirror of upstream's model_io.load_unet over a local folder."""
+    config = _read_json(part / "config.json")
+    n_blocks = len(config["block_out_channels"])
+    tlpb = config.get("transformer_layers_per_block", [1] * n_blocks)
+    heads = config["attention_head_dim"]
+    cross = config["cross_attention_dim"]
+    model = sd.unet.UNetModel(
+        sd.config.UNetConfig(
+            in_channels=config["in_channels"],
+            out_channels=config["out_channels"],
+            block_out_channels=config["block_out_channels"],
+            layers_per_block=[config["layers_per_block"]] * n_blocks,
+            transformer_layers_per_block=(
+                [tlpb] * n_blocks if isinstance(tlpb, int) else tlpb
+            ),
+            num_attention_heads=[heads] * n_blocks if isinstance(heads, int) else heads,
+            cross_attention_dim=[cross] * n_blocks if isinstance(cross, int) else cross,
+            norm_num_groups=config["norm_num_groups"],
+            down_block_types=config["down_block_types"],
+            up_block_types=config["up_block_types"][::-1],
+            addition_embed_type=config.get("addition_embed_type", None),
+            addition_time_embed_dim=config.get("addition_time_embed_dim", None),
+            projection_class_embeddings_input_dim=config.get(
+                "projection_class_embeddings_input_dim", None
+            ),
+        )
+    )
+    sd.model_io._load_safetensor_weights(
+        sd.model_io.map_unet_weights, model, str(_weight_file(part)), float16
+    )
+    return model
+
+
+def load_text_encoder(sd: ModuleType, part: Path, float16: bool = False):
+    """Mirror of upstream's model_io.load_text_encoder over a local folder."""
+    config = _read_json(part / "config.json")
+    with_projection = "WithProjection" in config["architectures"][0]
+    model = sd.clip.CLIPTextModel(
+        sd.config.CLIPTextModelConfig(
+            num_layers=config["num_hidden_layers"],
+            model_dims=config["hidden_size"],
+            num_heads=config["num_attention_heads"],
+            max_length=config["max_position_embeddings"],
+            vocab_size=config["vocab_size"],
+            projection_dim=config["projection_dim"] if with_projection else None,
+            hidden_act=config.get("hidden_act", "quick_gelu"),
+        )
+    )
+    sd.model_io._load_safetensor_weights(
+        sd.model_io.map_clip_text_encoder_weights,
+        model,
+        str(_weight_file(part)),
+        float16,
+    )
+    return model
+
+
+def load_autoencoder(sd: ModuleType, part: Path, float16: bool = False):
+    """Mirror of upstream's model_io.load_autoencoder over a local folder."""
+    config = _read_json(part / "config.json")
+    model = sd.vae.Autoencoder(
+        sd.config.AutoencoderConfig(
+            in_channels=config["in_channels"],
+            out_channels=config["out_channels"],
+            latent_channels_out=2 * config["latent_channels"],
+            latent_channels_in=config["latent_channels"],
+            block_out_channels=config["block_out_channels"],
+            layers_per_block=config["layers_per_block"],
+            norm_num_groups=config["norm_num_groups"],
+            scaling_factor=config.get("scaling_factor", 0.18215),
+        )
+    )
+    sd.model_io._load_safetensor_weights(
+        sd.model_io.map_vae_weights, model, str(_weight_file(part)), float16
+    )
+    return model
+
+
+def load_diffusion_config(sd: ModuleType, part: Path):
+    config = _read_json(part / "scheduler_config.json")
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(
+            f"{part}: prediction_type {prediction!r}; upstream's sampler needs 'epsilon'"
+        )
+    return sd.config.DiffusionConfig(
+        beta_start=config["beta_start"],
+        beta_end=config["beta_end"],
+        beta_schedule=config["beta_schedule"],
+        num_train_steps=config["num_train_timesteps"],
+    )
+
+
+def load_tokenizer(sd: ModuleType, part: Path):
+    """Mirror of upstream's model_io.load_tokenizer over a local folder."""
+    with open(part / "vocab.json", encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(part / "merges.txt", encoding="utf-8") as f:
+        bpe_merges = f.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]
+    bpe_merges = [tuple(m.split()) for m in bpe_merges]
+    bpe_ranks = dict(map(reversed, enumerate(bpe_merges)))
+    return sd.tokenizer.Tokenizer(bpe_ranks, vocab)
+
+
+def is_model_folder(folder: PathLike) -> bool:
+    folder = Path(folder)
+    return all((folder / p).is_dir() for p in ("unet", "text_encoder", "vae"))
+
+
+def load_pipeline(
+    folder: PathLike, sd_module: Optional[ModuleType] = None, float16: bool = False
+):
+    """A StableDiffusion (or StableDiffusionXL) object from a local diffusers folder.
+
+    Only local files are read. SD 1.x/2.x folders give ``StableDiffusion``
+    with upstream's Euler sampler; folders with ``text_encoder_2`` give
+    ``StableDiffusionXL`` (Euler ancestral), as upstream's constructors do.
+    As upstream does, the autoencoder stays in float32.
+    """
+    folder = Path(folder)
+    if not is_model_folder(folder):
+        raise FileNotFoundError(f"{folder} is not a diffusers-layout model folder")
+    sd = _sd(sd_module)
+    sdxl = (folder / "text_encoder_2").is_dir()
+    cls = sd.StableDiffusionXL if sdxl else sd.StableDiffusion
+    pipe = cls.__new__(cls)
+    pipe.dtype = mx.float16 if float16 else mx.float32
+    pipe.diffusion_config = load_diffusion_config(sd, folder / "scheduler")
+    pipe.unet = load_unet(sd, folder / "unet", float16)
+    pipe.autoencoder = load_autoencoder(sd, folder / "vae", False)
+    encoder = load_text_encoder(sd, folder / "text_encoder", float16)
+    tokenizer = load_tokenizer(sd, folder / "tokenizer")
+    if sdxl:
+        pipe.sampler = sd.sampler.SimpleEulerAncestralSampler(pipe.diffusion_config)
+        pipe.text_encoder_1 = encoder
+        pipe.tokenizer_1 = tokenizer
+        pipe.text_encoder_2 = load_text_encoder(sd, folder / "text_encoder_2", float16)
+        pipe.tokenizer_2 = load_tokenizer(sd, folder / "tokenizer_2")
+    else:
+        pipe.sampler = sd.sampler.SimpleEulerSampler(pipe.diffusion_config)
+        pipe.text_encoder = encoder
+        pipe.tokenizer = tokenizer
+    pipe.ensure_models_are_loaded()
+    return pipe
+
+
+def latent_size(
+    pipe, image_size: Optional[int] = None, folder: Optional[PathLike] = None
+):
+    """The latent (H, W) for an image size (default: the folder's vae sample_size)."""
+    if image_size is None:
+        image_size = _read_json(Path(folder) / "vae" / "config.json")["sample_size"]
+    down = 2 ** (len(pipe.autoencoder.decoder.up_blocks) - 1)
+    return (image_size // down, image_size // down)

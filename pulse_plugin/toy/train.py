@@ -1,0 +1,297 @@
+"""Train the toy text-to-image model: upstream's classes, MLX, a synthetic dataset.
+
+Two stages, both seeded and deterministic:
+
+1. the autoencoder (upstream ``Autoencoder``) learns to reconstruct the shape
+   images (pixel MSE plus a small KL term); its ``scaling_factor`` is then set
+   so that the dataset's latents have unit standard deviation;
+2. the UNet (upstream ``UNetModel``, cross-attention at every resolution) and
+   the text encoder (upstream ``CLIPTextModel``) learn together on the cached
+   latents. The UNet predicts epsilon under upstream's sampler convention
+   (``x_t = (x_0 + sigma * eps) / sqrt(sigma^2 + 1)``, timestep ``t`` in
+   [0, 1000]); the loss is the epsilon error weighted by ``1 + sigma^2``, which
+   equals the v-prediction loss, so high-noise steps (where colour and position
+   are decided) get the weight an x0-style loss would give them. 10% of the
+   captions are dropped to "" so that classifier-free guidance works.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from types import ModuleType
+from typing import Callable, Dict, List, Optional, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+from . import shapes
+
+
+@dataclass
+class ToyConfig:
+    seed: int = 0
+    image_size: int = 32
+    n_images: int = 6000
+    two_object_prob: float = 0.3
+    # autoencoder: three levels, so latents are image_size / 4
+    vae_channels: Tuple[int, ...] = (16, 32, 32)
+    vae_layers: int = 1
+    latent_channels: int = 4
+    vae_steps: int = 250
+    vae_batch: int = 24
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-4
+    # UNet and text encoder
+    unet_channels: Tuple[int, ...] = (64, 96)
+    unet_layers: int = 1
+    heads: int = 4
+    text_dims: int = 64
+    text_layers: int = 2
+    norm_groups: int = 8
+    unet_steps: int = 800
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    warmup: int = 50
+    caption_dropout: float = 0.1
+    ema: float = 0.99
+
+
+@dataclass
+class Configs:
+    unet: object
+    text: object
+    vae: object
+
+
+def build(sd: ModuleType, cfg: ToyConfig):
+    """A StableDiffusion object with freshly initialised toy models, and its configs."""
+    from ..tiny import build_vocab
+
+    mx.random.seed(cfg.seed)
+    words = list(shapes.WORDS) + list(_extra_words())
+    vocab, merges = build_vocab(words)
+    tokenizer = sd.tokenizer.Tokenizer({p: i for i, p in enumerate(merges)}, vocab)
+    n = len(cfg.unet_channels)
+    unet_cfg = sd.config.UNetConfig(
+        block_out_channels=tuple(cfg.unet_channels),
+        layers_per_block=(cfg.unet_layers,) * n,
+        transformer_layers_per_block=(1,) * n,
+        num_attention_heads=(cfg.heads,) * n,
+        cross_attention_dim=(cfg.text_dims,) * n,
+        norm_num_groups=cfg.norm_groups,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+    )
+    text_cfg = sd.config.CLIPTextModelConfig(
+        num_layers=cfg.text_layers,
+        model_dims=cfg.text_dims,
+        num_heads=cfg.heads,
+        max_length=77,
+        vocab_size=len(vocab),
+        projection_dim=None,
+        hidden_act="quick_gelu",
+    )
+    vae_cfg = sd.config.AutoencoderConfig(
+        latent_channels_out=2 * cfg.latent_channels,
+        latent_channels_in=cfg.latent_channels,
+        block_out_channels=tuple(cfg.vae_channels),
+        layers_per_block=cfg.vae_layers,
+        norm_num_groups=cfg.norm_groups,
+        scaling_factor=1.0,
+    )
+    pipe = sd.StableDiffusion.__new__(sd.StableDiffusion)
+    pipe.dtype = mx.float32
+    pipe.diffusion_config = sd.config.DiffusionConfig()
+    pipe.sampler = sd.sampler.SimpleEulerSampler(pipe.diffusion_config)
+    pipe.tokenizer = tokenizer
+    pipe.unet = sd.unet.UNetModel(unet_cfg)
+    pipe.text_encoder = sd.clip.CLIPTextModel(text_cfg)
+    pipe.autoencoder = sd.vae.Autoencoder(vae_cfg)
+    pipe.ensure_models_are_loaded()
+    return pipe, Configs(unet_cfg, text_cfg, vae_cfg)
+
+
+def _extra_words():
+    from ..tiny import DEFAULT_WORDS
+
+    return [w for w in DEFAULT_WORDS if w not in shapes.WORDS]
+
+
+def count_params(module) -> int:
+    return sum(v.size for _, v in tree_flatten(module.parameters()))
+
+
+def _schedule(lr: float, steps: int, warmup: int):
+    warmup = max(1, min(warmup, steps // 4))
+    return optim.join_schedules(
+        [
+            optim.linear_schedule(lr * 0.01, lr, warmup),
+            optim.cosine_decay(lr, max(1, steps - warmup), lr * 0.05),
+        ],
+        [warmup],
+    )
+
+
+Report = Callable[[str, int, float], None]
+
+
+def train_vae(
+    autoencoder, images: np.ndarray, cfg: ToyConfig, report: Optional[Report] = None
+) -> List[float]:
+    """Fit the autoencoder to images in [0, 1]; returns the loss per step."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    key = mx.random.key(cfg.seed + 1)
+    data = mx.array(images * 2 - 1)
+    opt = optim.Adam(learning_rate=_schedule(cfg.vae_lr, cfg.vae_steps, cfg.warmup))
+
+    def loss_fn(model, x, k):
+        out = model(x, key=k)
+        rec = ((out["x_hat"] - x) ** 2).mean()
+        kl = 0.5 * (out["mean"] ** 2 + out["logvar"].exp() - 1 - out["logvar"]).mean()
+        return rec + cfg.kl_weight * kl, rec
+
+    step_fn = nn.value_and_grad(autoencoder, loss_fn)
+    losses = []
+    for step in range(cfg.vae_steps):
+        idx = mx.array(rng.integers(0, len(images), cfg.vae_batch))
+        key, k = mx.random.split(key)
+        (loss, rec), grads = step_fn(autoencoder, data[idx], k)
+        opt.update(autoencoder, grads)
+        mx.eval(loss, rec, autoencoder.parameters(), opt.state)
+        losses.append(float(rec))
+        if report:
+            report("vae", step, float(rec))
+    return losses
+
+
+def encode_all(autoencoder, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    out = []
+    for i in range(0, len(images), batch):
+        mean, _ = autoencoder.encode(mx.array(images[i : i + batch] * 2 - 1))
+        mx.eval(mean)
+        out.append(np.array(mean))
+    return np.concatenate(out)
+
+
+class _Joint(nn.Module):
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+
+def _pad(rows: List[List[int]], extra: int) -> np.ndarray:
+    n = max(len(r) for r in rows) + extra
+    return np.array([r + [0] * (n - len(r)) for r in rows], np.int32)
+
+
+def train_unet(
+    pipe,
+    latents: np.ndarray,
+    captions: List[str],
+    cfg: ToyConfig,
+    report: Optional[Report] = None,
+) -> List[float]:
+    """Train the UNet and text encoder jointly; returns the loss per step.
+
+    ``pipe.unet`` / ``pipe.text_encoder`` end up holding the EMA weights.
+    """
+    rng = np.random.default_rng(cfg.seed + 2)
+    key = mx.random.key(cfg.seed + 2)
+    tokens = [pipe.tokenizer.tokenize(c) for c in captions]
+    empty = pipe.tokenizer.tokenize("")
+    single = [i for i, c in enumerate(captions) if " and " not in c]
+    sigmas = np.array(pipe.sampler._sigmas, np.float64)
+    data = mx.array(latents)
+    joint = _Joint(pipe.unet, pipe.text_encoder)
+    ema = tree_map(lambda v: mx.array(v), joint.parameters())
+    opt = optim.AdamW(
+        learning_rate=_schedule(cfg.unet_lr, cfg.unet_steps, cfg.warmup),
+        weight_decay=0.0,
+    )
+
+    def loss_fn(model, x0, tok, t, s, noise):
+        cond = model.text_encoder(tok).last_hidden_state
+        s4 = s[:, None, None, None]
+        x_t = (x0 + s4 * noise) * mx.rsqrt(s4 * s4 + 1)
+        eps = model.unet(x_t, t, encoder_x=cond)
+        err = ((eps - noise) ** 2).mean(axis=(1, 2, 3))
+        return (err * (1 + s * s)).mean() / 10.0
+
+    step_fn = nn.value_and_grad(joint, loss_fn)
+    losses = []
+    for step in range(cfg.unet_steps):
+        # Half the batches hold single-object captions only, so the encoder
+        # also sees unpadded short prompts, as upstream feeds them.
+        pool = single if rng.random() < 0.5 else None
+        if pool is None:
+            idx = rng.integers(0, len(latents), cfg.unet_batch)
+        else:
+            idx = np.array(pool)[rng.integers(0, len(pool), cfg.unet_batch)]
+        rows = [empty if rng.random() < cfg.caption_dropout else tokens[i] for i in idx]
+        tok = mx.array(_pad(rows, int(rng.integers(0, 3))))
+        t_np = rng.uniform(0, len(sigmas) - 1, cfg.unet_batch)
+        s_np = np.interp(t_np, np.arange(len(sigmas)), sigmas)
+        key, k = mx.random.split(key)
+        noise = mx.random.normal((cfg.unet_batch,) + latents.shape[1:], key=k)
+        loss, grads = step_fn(
+            joint,
+            data[mx.array(idx)],
+            tok,
+            mx.array(t_np, mx.float32),
+            mx.array(s_np, mx.float32),
+            noise,
+        )
+        opt.update(joint, grads)
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        ema = tree_map(
+            lambda e, p: decay * e + (1 - decay) * p, ema, joint.parameters()
+        )
+        mx.eval(loss, joint.parameters(), opt.state, ema)
+        losses.append(float(loss))
+        if report:
+            report("unet", step, float(loss))
+    joint.update(ema)
+    mx.eval(joint.parameters())
+    return losses
+
+
+def train(
+    sd: ModuleType, cfg: ToyConfig, report: Optional[Report] = None
+) -> Tuple[object, Configs, Dict[str, object]]:
+    """Build and train the whole toy model; returns (pipe, configs, log)."""
+    t0 = time.time()
+    pipe, configs = build(sd, cfg)
+    images, captions, _ = shapes.make_dataset(
+        cfg.n_images, cfg.seed, cfg.two_object_prob, cfg.image_size
+    )
+    vae_losses = train_vae(pipe.autoencoder, images, cfg, report)
+    t1 = time.time()
+    latents = encode_all(pipe.autoencoder, images)
+    scale = float(1.0 / latents.std())
+    pipe.autoencoder.scaling_factor = scale
+    configs.vae.scaling_factor = scale
+    latents = (latents * scale).astype(np.float32)
+    unet_losses = train_unet(pipe, latents, captions, cfg, report)
+    t2 = time.time()
+    log = dict(
+        config=asdict(cfg),
+        vae_losses=vae_losses,
+        unet_losses=unet_losses,
+        scaling_factor=scale,
+        vae_seconds=t1 - t0,
+        unet_seconds=t2 - t1,
+        params=dict(
+            unet=count_params(pipe.unet),
+            text_encoder=count_params(pipe.text_encoder),
+            vae=count_params(pipe.autoencoder),
+        ),
+    )
+    return pipe, configs, log

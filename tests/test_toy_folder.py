@@ -1,0 +1,89 @@
+"""Saving a model as a diffusers-layout folder and loading it through upstream's mapping."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from pulse_plugin.toy import folder, train
+
+SMALL = train.ToyConfig(
+    seed=5, vae_channels=(16, 32), unet_channels=(32, 64), text_dims=32, heads=2
+)
+
+
+@pytest.fixture
+def saved(sd, tmp_path):
+    pipe, configs = train.build(sd, SMALL)
+    folder.save_pipeline(
+        pipe, tmp_path / "m", configs.unet, configs.text, configs.vae, 16
+    )
+    return pipe, tmp_path / "m"
+
+
+def _params(module):
+    return dict(tree_flatten(module.parameters()))
+
+
+def test_layout_and_diffusers_names(saved):
+    _, path = saved
+    for part in ("unet", "text_encoder", "vae", "tokenizer", "scheduler"):
+        assert (path / part).is_dir()
+    unet = mx.load(str(path / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight" in unet
+    assert "down_blocks.0.downsamplers.0.conv.weight" in unet
+    ff = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight"
+    assert unet[ff].shape[0] == 2 * 4 * 32  # GEGLU: both halves in one matrix
+    assert unet["conv_in.weight"].shape[1] == 4  # (O, I, H, W), torch layout
+    text = mx.load(str(path / "text_encoder" / "model.safetensors"))
+    assert "text_model.encoder.layers.0.self_attn.q_proj.weight" in text
+    assert "text_model.embeddings.token_embedding.weight" in text
+    vae = mx.load(str(path / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert vae["quant_conv.weight"].ndim == 4
+    assert "decoder.mid_block.attentions.0.to_q.weight" in vae
+    merges = (path / "tokenizer" / "merges.txt").read_text().splitlines()
+    assert merges[0].startswith("#version")
+    sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "epsilon"
+
+
+def test_round_trip_bit_for_bit(sd, saved):
+    pipe, path = saved
+    loaded = folder.load_pipeline(path, sd)
+    assert type(loaded) is sd.StableDiffusion
+    for name in ("unet", "text_encoder", "autoencoder"):
+        a, b = _params(getattr(pipe, name)), _params(getattr(loaded, name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].shape == b[k].shape, k
+            assert mx.array_equal(a[k], b[k]).item(), k
+    text = "a red circle on the left"
+    assert loaded.tokenizer.tokenize(text) == pipe.tokenizer.tokenize(text)
+    assert loaded.autoencoder.scaling_factor == pipe.autoencoder.scaling_factor
+
+    def run(p):
+        x = None
+        for x in p.generate_latents(
+            text, n_images=2, num_steps=3, latent_size=(4, 4), seed=1
+        ):
+            pass
+        return np.array(p.decode(x))
+
+    assert np.array_equal(run(pipe), run(loaded))
+
+
+def test_load_rejects_incomplete_folder(sd, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        folder.load_pipeline(tmp_path, sd)
+
+
+def test_non_epsilon_scheduler_is_refused(sd, saved):
+    _, path = saved
+    cfg_path = path / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["prediction_type"] = "v_prediction"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="epsilon"):
+        folder.load_pipeline(path, sd)
