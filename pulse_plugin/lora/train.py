@@ -1,0 +1,526 @@
+"""Train a LoRA with MLX autograd on a folder of captioned images (epsilon prediction).
+
+The autoencoder and text encoder(s) are frozen: latents (the encoder's mean)
+and text conditioning are computed once. Only the LoRA A/B matrices on the
+chosen UNet layers are trainable. Every step draws its batch, timesteps and
+noise from keys derived from ``(seed, step)``, so a run resumed from a
+checkpoint takes exactly the same steps as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map_with_path
+from PIL import Image
+
+from . import adapters, synth
+from .io import LoRA, LoRAError, LoRALayer, save_lora
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+TRAIN_NAME = "__train__"
+
+
+class DatasetError(LoRAError):
+    """The training folder is missing, empty, or has an unusable image or caption."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and files of a LoRA training run."""
+
+    output: str = "lora.safetensors"
+    rank: int = 4
+    alpha: Optional[float] = None  # None: alpha = rank (scale 1)
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    steps: int = 500
+    batch_size: int = 1
+    resolution: int = 512
+    seed: int = 0
+    targets: Tuple[str, ...] = ("attn",)  # attn, ff, proj, conv, resnet, all
+    checkpoint_every: int = 0  # 0: no checkpoints
+    checkpoint_dir: Optional[str] = None  # default: <output stem>_checkpoints
+    resume: Optional[str] = None  # a checkpoint .safetensors, or "latest"
+    base_model: str = "unknown"
+    allow_upscale: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("rank", self.rank >= 1),
+            (
+                "alpha",
+                self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0),
+            ),
+            (
+                "learning_rate",
+                math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            ),
+            ("steps", self.steps >= 1),
+            ("batch_size", self.batch_size >= 1),
+            ("resolution", self.resolution >= 8 and self.resolution % 8 == 0),
+            ("checkpoint_every", self.checkpoint_every >= 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise LoRAError(
+                    f"TrainConfig.{name} = {getattr(self, name)!r} is invalid"
+                )
+        self.targets = tuple(self.targets)
+
+    @property
+    def lora_alpha(self) -> float:
+        """alpha, defaulting to the rank."""
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    def checkpoints(self) -> Path:
+        """The checkpoint folder."""
+        out = Path(self.output)
+        return Path(self.checkpoint_dir or out.with_name(out.stem + "_checkpoints"))
+
+
+@dataclass
+class Example:
+    """One training image and its caption."""
+
+    image: Path
+    caption: str
+    size: Tuple[int, int] = (0, 0)
+
+
+def _read_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises many types for bad files
+        raise DatasetError(f"{path}: unreadable image ({exc})") from None
+
+
+def _from_metadata(folder: Path, meta: Path) -> List[Tuple[Path, str]]:
+    pairs = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((folder / row["file_name"], str(row["text"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(
+                f"{meta}:{n}: expected a JSON object with 'file_name' and 'text' ({exc})"
+            ) from None
+    return pairs
+
+
+def scan_dataset(
+    folder: str | Path, resolution: int, allow_upscale: bool = False
+) -> List[Example]:
+    """Pairs (image, caption) from ``image.png`` + ``image.txt`` files or ``metadata.jsonl``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: dataset folder not found")
+    meta = folder / "metadata.jsonl"
+    if meta.is_file():
+        pairs = _from_metadata(folder, meta)
+    else:
+        pairs = []
+        images = sorted(
+            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        for image in images:
+            caption = image.with_suffix(".txt")
+            if not caption.is_file():
+                raise DatasetError(
+                    f"{image}: no caption file {caption.name} (or give a metadata.jsonl)"
+                )
+            pairs.append((image, caption.read_text(encoding="utf-8").strip()))
+    if not pairs:
+        raise DatasetError(
+            f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) with captions, "
+            "and no metadata.jsonl"
+        )
+    out = []
+    for image, caption in pairs:
+        if not image.is_file():
+            raise DatasetError(f"{image}: listed in metadata.jsonl but missing")
+        if not caption:
+            raise DatasetError(f"{image}: empty caption")
+        w, h = _read_image(image).size
+        if min(w, h) < resolution and not allow_upscale:
+            raise DatasetError(
+                f"{image}: {w}x{h} is smaller than the training resolution {resolution} "
+                "(use a smaller resolution or allow_upscale=True)"
+            )
+        out.append(Example(image, caption, (w, h)))
+    return out
+
+
+def load_image(path: Path, resolution: int) -> np.ndarray:
+    """RGB in [-1, 1], shorter side resized to ``resolution`` and centre-cropped (H, W, 3)."""
+    im = _read_image(path)
+    w, h = im.size
+    s = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    im = im.crop((left, top, left + resolution, top + resolution))
+    return np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+
+
+def encode_images(pipe, examples: Sequence[Example], resolution: int) -> mx.array:
+    """Latents (the autoencoder's mean) of all images, one at a time."""
+    out = []
+    for ex in examples:
+        x = mx.array(load_image(ex.image, resolution))[None]
+        mean, _ = pipe.autoencoder.encode(x)
+        mx.eval(mean)
+        out.append(mean)
+    return mx.concatenate(out, axis=0)
+
+
+def _tokens(tokenizer, captions: Sequence[str]) -> mx.array:
+    toks = [tokenizer.tokenize(c) for c in captions]
+    n = max(len(t) for t in toks)
+    return mx.array([t + [0] * (n - len(t)) for t in toks])  # upstream pads with 0
+
+
+def encode_text(pipe, captions: Sequence[str]) -> Tuple[mx.array, Optional[mx.array]]:
+    """Text conditioning as upstream builds it; SDXL also returns the pooled output."""
+    if hasattr(pipe, "text_encoder_2"):
+        c1 = pipe.text_encoder_1(_tokens(pipe.tokenizer_1, captions))
+        c2 = pipe.text_encoder_2(_tokens(pipe.tokenizer_2, captions))
+        cond = mx.concatenate([c1.hidden_states[-2], c2.hidden_states[-2]], axis=-1)
+        pooled = c2.pooled_output
+        mx.eval(cond, pooled)
+        return cond, pooled
+    cond = pipe.text_encoder(_tokens(pipe.tokenizer, captions)).last_hidden_state
+    mx.eval(cond)
+    return cond, None
+
+
+def init_lora(
+    model: nn.Module, paths: Sequence[str], rank: int, alpha: float, seed: int
+) -> LoRA:
+    """A trainable LoRA: A uniform in +-1/sqrt(fan_in), B = 0 (the model starts unchanged)."""
+    key = mx.random.key(seed)
+    layers: Dict[Tuple[str, str], LoRALayer] = {}
+    for path in paths:
+        module = synth._get(model, path)
+        w = module.weight
+        key, sub = mx.random.split(key)
+        if isinstance(module, nn.Conv2d):
+            fan_in = int(np.prod(w.shape[1:]))
+            down_shape, up = (rank, *w.shape[1:]), mx.zeros((w.shape[0], 1, 1, rank))
+        else:
+            fan_in = int(w.shape[1])
+            down_shape, up = (rank, w.shape[1]), mx.zeros((w.shape[0], rank))
+        bound = 1.0 / math.sqrt(fan_in)
+        down = mx.random.uniform(-bound, bound, down_shape, key=sub)
+        layers[("unet", path)] = LoRALayer("unet", path, down, up, alpha, source=path)
+    return LoRA(TRAIN_NAME, layers)
+
+
+def _trained_adapters(pipe) -> Dict[Tuple[str, str], adapters.LoRAAdapter]:
+    st = adapters.state(pipe)
+    out = {}
+    for slot in st.adapters[TRAIN_NAME]:
+        out[slot] = next(a for a in st.wrappers[slot].adapters if a.name == TRAIN_NAME)
+    return out
+
+
+def current_lora(pipe, config: TrainConfig, name: str = "trained") -> LoRA:
+    """The LoRA being trained, as a LoRA object (arrays shared with the adapters)."""
+    layers = {
+        slot: LoRALayer(slot[0], slot[1], a.down, a.up, config.lora_alpha)
+        for slot, a in _trained_adapters(pipe).items()
+    }
+    return LoRA(name, layers)
+
+
+def step_keys(seed: int, step: int) -> Tuple[np.random.Generator, mx.array]:
+    """The numpy generator (batch choice) and MLX key (timesteps, noise) of one step."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2)
+    return np.random.default_rng(int(state[0])), mx.random.key(int(state[1]))
+
+
+def _metadata(
+    config: TrainConfig, step: int, n: int, loss: Optional[float]
+) -> Dict[str, str]:
+    return {
+        "ss_base_model": config.base_model,
+        "ss_network_dim": str(config.rank),
+        "ss_network_alpha": str(config.lora_alpha),
+        "ss_steps": str(step),
+        "ss_num_train_images": str(n),
+        "ss_resolution": str(config.resolution),
+        "ss_learning_rate": str(config.learning_rate),
+        "ss_batch_size": str(config.batch_size),
+        "ss_seed": str(config.seed),
+        "pulse_targets": ",".join(config.targets),
+        "pulse_final_loss": "" if loss is None else f"{loss:.6f}",
+        "pulse_objective": "epsilon",
+    }
+
+
+def save_checkpoint(
+    pipe, optimizer, config: TrainConfig, step: int, losses: List[float], n: int
+) -> Path:
+    """Adapter arrays + optimizer state (exact resume) and a loadable LoRA file for ``step``."""
+    folder = config.checkpoints()
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for (component, path), a in _trained_adapters(pipe).items():
+        tensors[f"adapter:{component}:{path}:down"] = a.down
+        tensors[f"adapter:{component}:{path}:up"] = a.up
+    for k, v in tree_flatten(optimizer.state):
+        tensors[f"optimizer:{k}"] = v
+    path = folder / f"step_{step:06d}.safetensors"
+    meta = {
+        "step": str(step),
+        "config": json.dumps(asdict(config)),
+        "losses": json.dumps(losses),
+    }
+    mx.save_safetensors(str(path), tensors, metadata=meta)
+    save_lora(
+        current_lora(pipe, config),
+        folder / f"step_{step:06d}.lora.safetensors",
+        metadata=_metadata(config, step, n, losses[-1] if losses else None),
+    )
+    return path
+
+
+def _find_checkpoint(config: TrainConfig) -> Path:
+    if config.resume != "latest":
+        return Path(config.resume)
+    found = sorted(config.checkpoints().glob("step_*[0-9].safetensors"))
+    if not found:
+        raise LoRAError(f"{config.checkpoints()}: no checkpoint to resume from")
+    return found[-1]
+
+
+def load_checkpoint(pipe, optimizer, config: TrainConfig) -> Tuple[int, List[float]]:
+    """Restore adapter arrays and optimizer state; returns (step, losses so far)."""
+    path = _find_checkpoint(config)
+    if not path.is_file():
+        raise LoRAError(f"{path}: checkpoint not found")
+    tensors, meta = mx.load(str(path), return_metadata=True)
+    saved = json.loads(meta["config"])
+    for key in ("rank", "targets", "resolution", "seed"):
+        if list(np.atleast_1d(saved[key])) != list(np.atleast_1d(getattr(config, key))):
+            raise LoRAError(
+                f"{path}: checkpoint has {key}={saved[key]!r} but the config has "
+                f"{getattr(config, key)!r}"
+            )
+    for (component, p), a in _trained_adapters(pipe).items():
+        for part in ("down", "up"):
+            k = f"adapter:{component}:{p}:{part}"
+            if k not in tensors or tensors[k].shape != getattr(a, part).shape:
+                raise LoRAError(f"{path}: {k} missing or of the wrong shape")
+            setattr(a, part, tensors[k])
+    optimizer.init(pipe.unet.trainable_parameters())
+    opt = {
+        k[len("optimizer:") :]: v
+        for k, v in tensors.items()
+        if k.startswith("optimizer:")
+    }
+    optimizer.state = tree_map_with_path(lambda k, v: opt.get(k, v), optimizer.state)
+    return int(meta["step"]), json.loads(meta["losses"])
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    path: Path
+    losses: List[float] = field(default_factory=list)
+    step_seconds: float = 0.0
+    start_step: int = 0
+
+
+def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
+    """Train a LoRA on ``dataset_dir`` and save it (kohya safetensors with metadata)."""
+    examples = scan_dataset(dataset_dir, config.resolution, config.allow_upscale)
+    if adapters.state(pipe).fused:
+        raise LoRAError("unfuse the pipeline's LoRAs before training")
+    paths = synth.target_paths(pipe.unet, config.targets)
+    if not paths:
+        raise LoRAError(f"no UNet layer matches targets {config.targets}")
+    latents = encode_images(pipe, examples, config.resolution)
+    cond, pooled = encode_text(pipe, [ex.caption for ex in examples])
+    res = float(config.resolution)
+    time_ids = mx.array([[res, res, 0, 0, res, res]])
+    sigmas = pipe.sampler._sigmas
+    max_t = len(sigmas) - 1
+
+    lora = init_lora(pipe.unet, paths, config.rank, config.lora_alpha, config.seed)
+    adapters.apply(pipe, lora)
+    unet = pipe.unet
+    try:
+        unet.freeze()
+        for a in _trained_adapters(pipe).values():
+            a.unfreeze(keys=["down", "up"])
+        optimizer = optim.AdamW(
+            learning_rate=config.learning_rate, weight_decay=config.weight_decay
+        )
+
+        def loss_fn(x0, c, t, noise, text_time):
+            s = sigmas[t.astype(mx.int32)][:, None, None, None]
+            x_t = (x0 + noise * s) * mx.rsqrt(s * s + 1)
+            eps = unet(x_t, t, encoder_x=c, text_time=text_time)
+            return nn.losses.mse_loss(eps, noise)
+
+        loss_and_grad = nn.value_and_grad(unet, loss_fn)
+        start, losses = 0, []
+        if config.resume:
+            start, losses = load_checkpoint(pipe, optimizer, config)
+        n = len(examples)
+        bar = None
+        if config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.steps, initial=start, desc="lora", unit="step")
+        tic = time.perf_counter()
+        for step in range(start, config.steps):
+            rng, key = step_keys(config.seed, step)
+            idx = mx.array(
+                rng.choice(n, config.batch_size, replace=n < config.batch_size)
+            )
+            k1, k2 = mx.random.split(key)
+            x0 = latents[idx]
+            t = mx.random.randint(1, max_t + 1, (config.batch_size,), key=k1).astype(
+                mx.float32
+            )
+            noise = mx.random.normal(x0.shape, key=k2)
+            text_time = None
+            if pooled is not None:
+                text_time = (
+                    pooled[idx],
+                    mx.repeat(time_ids, config.batch_size, axis=0),
+                )
+            loss, grads = loss_and_grad(x0, cond[idx], t, noise, text_time)
+            optimizer.update(unet, grads)
+            mx.eval(loss, unet.trainable_parameters(), optimizer.state)
+            losses.append(float(loss.item()))
+            if bar is not None:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                bar.update(1)
+            done = step + 1
+            if config.checkpoint_every and done % config.checkpoint_every == 0:
+                save_checkpoint(pipe, optimizer, config, done, losses, n)
+        steps_run = config.steps - start
+        seconds = (time.perf_counter() - tic) / max(steps_run, 1)
+        if bar is not None:
+            bar.close()
+        out = save_lora(
+            current_lora(pipe, config, Path(config.output).stem),
+            config.output,
+            sdxl=hasattr(pipe, "text_encoder_2"),
+            metadata=_metadata(config, config.steps, n, losses[-1] if losses else None),
+        )
+    finally:
+        if TRAIN_NAME in adapters.state(pipe).adapters:
+            adapters.remove(pipe, [TRAIN_NAME])
+        unet.unfreeze()
+    return TrainResult(out, losses, seconds, start)
+
+
+def train_lora(pipe, dataset_dir: str | Path, config: TrainConfig) -> Path:
+    """Train and save a LoRA; returns the file's path."""
+    return train(pipe, dataset_dir, config).path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m pulse_plugin.lora.train``: check a dataset, or train on a tiny random model."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "dataset", help="folder of image.png + image.txt, or with metadata.jsonl"
+    )
+    p.add_argument("--output", default="lora.safetensors")
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--targets", default="attn", help="comma list: attn,ff,proj,conv,resnet,all"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--resume", default=None, help="checkpoint file or 'latest'")
+    p.add_argument(
+        "--check-only", action="store_true", help="only validate the dataset"
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="train on a tiny random-weight model (no weights can be downloaded here)",
+    )
+    args = p.parse_args(argv)
+    examples = scan_dataset(args.dataset, args.resolution)
+    print(f"{len(examples)} image(s) with captions in {args.dataset}")
+    if args.check_only:
+        return 0
+    if not args.tiny:
+        p.error(
+            "loading real weights is left to the CLI; use --tiny or call train_lora()"
+        )
+    from .. import tiny, upstream
+
+    pipe = tiny.build_pipeline(upstream.load(patched=False))
+    cfg = TrainConfig(
+        output=args.output,
+        rank=args.rank,
+        alpha=args.alpha,
+        learning_rate=args.lr,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        seed=args.seed,
+        targets=tuple(args.targets.split(",")),
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        base_model="tiny-random",
+    )
+    print(train_lora(pipe, args.dataset, cfg))
+    return 0
+
+
+def dataset_loss(
+    pipe, dataset_dir: str | Path, config: TrainConfig, draws: int = 8
+) -> float:
+    """Mean epsilon loss of the pipe as it is (adapters included) over fixed noise draws."""
+    examples = scan_dataset(dataset_dir, config.resolution, config.allow_upscale)
+    latents = encode_images(pipe, examples, config.resolution)
+    cond, pooled = encode_text(pipe, [ex.caption for ex in examples])
+    sigmas = pipe.sampler._sigmas
+    res = float(config.resolution)
+    total = 0.0
+    for d in range(draws):
+        k1, k2 = mx.random.split(mx.random.key(10_000 + d))
+        n = latents.shape[0]
+        t = mx.random.randint(1, len(sigmas), (n,), key=k1).astype(mx.float32)
+        noise = mx.random.normal(latents.shape, key=k2)
+        s = sigmas[t.astype(mx.int32)][:, None, None, None]
+        x_t = (latents + noise * s) * mx.rsqrt(s * s + 1)
+        text_time = None
+        if pooled is not None:
+            text_time = (pooled, mx.array([[res, res, 0, 0, res, res]] * n))
+        eps = pipe.unet(x_t, t, encoder_x=cond, text_time=text_time)
+        total += float(nn.losses.mse_loss(eps, noise).item())
+    return total / draws
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
