@@ -1,0 +1,302 @@
+"""Capture outputs: per-token overlays, a grid, an evolution GIF, metadata and an index.
+
+``capture_run(pipe, prompt, out_dir)`` generates one image while recording the
+real cross-attention, then writes a per-run folder under ``out_dir``. Pillow only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .. import tokens
+from ..bending.config import BendConfig, BendingSettings
+from .recorder import Recorder, StepMaps
+
+_ANCHORS = np.array(
+    [[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]],
+    dtype=np.float32,
+)
+
+
+@dataclass
+class WordMap:
+    """A word of the prompt and its token positions (BOS = 0)."""
+
+    text: str
+    positions: Tuple[int, ...]
+
+
+@dataclass
+class CaptureResult:
+    """What capture_run made: the image, the recorder and the files it wrote."""
+
+    folder: Path
+    image: np.ndarray  # (H, W, 3) in [0, 1]
+    recorder: Recorder
+    words: List[WordMap]
+    metadata: Dict
+    files: List[str] = field(default_factory=list)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB along a dark-to-bright ramp."""
+    x = np.clip(values, 0, 1) * (len(_ANCHORS) - 1)
+    i = np.minimum(np.floor(x).astype(int), len(_ANCHORS) - 2)
+    f = (x - i)[..., None]
+    return ((1 - f) * _ANCHORS[i] + f * _ANCHORS[i + 1]).astype(np.uint8)
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    """Scale a map to [0, 1] (a constant map becomes zeros)."""
+    lo, hi = float(m.min()), float(m.max())
+    return np.zeros_like(m) if hi - lo <= 1e-12 else (m - lo) / (hi - lo)
+
+
+def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.55) -> Image.Image:
+    """A heat map of m resized onto image (H, W, 3 in [0, 1]) with opacity alpha."""
+    h, w = image.shape[:2]
+    heat = Image.fromarray(colormap(normalise(m))).resize((w, h), Image.BILINEAR)
+    base = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return Image.blend(base, heat, alpha)
+
+
+def labelled(img: Image.Image, text: str, scale: int = 1) -> Image.Image:
+    """img (enlarged by scale) with a caption bar under it."""
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    out = Image.new("RGB", (img.width, img.height + 14), "white")
+    out.paste(img, (0, 0))
+    ImageDraw.Draw(out).text((2, img.height + 1), text[:40], fill="black")
+    return out
+
+
+def grid(tiles: Sequence[Image.Image], columns: int = 4) -> Image.Image:
+    """Tiles of equal size in rows of columns."""
+    w, h = tiles[0].size
+    rows = (len(tiles) + columns - 1) // columns
+    out = Image.new("RGB", (w * min(columns, len(tiles)), h * rows), "white")
+    for i, t in enumerate(tiles):
+        out.paste(t, ((i % columns) * w, (i // columns) * h))
+    return out
+
+
+def noise_percent(timestep: Optional[float], max_time: float) -> Optional[int]:
+    """The scheduler's time as noise remaining, in percent (100 = pure noise)."""
+    return None if timestep is None else int(round(100 * timestep / max_time))
+
+
+def word_maps(pipe, prompt: str) -> List[WordMap]:
+    """The prompt's words and their token positions, from upstream's tokenizer."""
+    tok = getattr(pipe, "tokenizer", None) or pipe.tokenizer_1
+    return [WordMap(w.text, w.positions) for w in tokens.words(tok, prompt)]
+
+
+def word_map(maps: np.ndarray, word: WordMap) -> np.ndarray:
+    """A word's map: the sum of its tokens' maps."""
+    return maps[list(word.positions)].sum(0)
+
+
+def slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "run"
+
+
+def new_folder(out_dir: Path, prompt: str) -> Path:
+    """A fresh per-run folder out_dir/<time>_<prompt slug>[_k]."""
+    stem = time.strftime("%Y%m%d-%H%M%S") + "_" + slug(prompt)
+    folder, k = out_dir / stem, 1
+    while folder.exists():
+        k += 1
+        folder = out_dir / f"{stem}_{k}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def evolution_frames(
+    image: np.ndarray,
+    steps: Sequence[StepMaps],
+    words: Sequence[WordMap],
+    max_time: float,
+) -> List[Image.Image]:
+    """One frame per step: every word's overlay, captioned with the noise remaining."""
+    frames = []
+    for s in steps:
+        pct = noise_percent(s.timestep, max_time)
+        head = f"noise {pct}%" if pct is not None else f"call {len(frames)}"
+        tiles = [labelled(overlay(image, word_map(s.maps, w)), w.text) for w in words]
+        frame = grid(tiles, columns=min(4, len(tiles)))
+        out = Image.new("RGB", (frame.width, frame.height + 16), "white")
+        out.paste(frame, (0, 16))
+        ImageDraw.Draw(out).text((4, 2), head, fill="black")
+        frames.append(out)
+    return frames
+
+
+def write_gallery(
+    folder: Path,
+    image: np.ndarray,
+    recorder: Recorder,
+    words: Sequence[WordMap],
+    metadata: Dict,
+    max_time: float,
+    scale: int = 1,
+) -> List[str]:
+    """Write image, overlays (image enlarged by scale), grid, evolution GIF and metadata into folder; the file names."""
+    files = []
+    image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+    def save(img: Image.Image, name: str, **kw) -> None:
+        img.save(folder / name, **kw)
+        files.append(name)
+
+    save(Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)), "image.png")
+    mean = recorder.mean_maps()
+    tiles = [labelled(Image.open(folder / "image.png"), "image")]
+    for i, w in enumerate(words):
+        o = overlay(image, word_map(mean, w))
+        save(o, f"token_{i:02d}_{slug(w.text, 20)}.png")
+        tiles.append(labelled(o, w.text))
+    save(grid(tiles), "grid.png")
+    frames = evolution_frames(image, recorder.steps, words, max_time)
+    if frames:
+        save(
+            frames[0],
+            "evolution.gif",
+            save_all=True,
+            append_images=frames[1:],
+            duration=600,
+            loop=0,
+        )
+    np.savez_compressed(
+        folder / "maps.npz",
+        maps=np.stack([s.maps for s in recorder.steps]),
+        step_idx=np.array(
+            [-1 if s.step_idx is None else s.step_idx for s in recorder.steps]
+        ),
+    )
+    files.append("maps.npz")
+    metadata = {**metadata, "files": files + ["metadata.json"]}
+    (folder / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+    files.append("metadata.json")
+    return files
+
+
+def update_index(out_dir: Path, folder: Path, metadata: Dict) -> None:
+    """Append the run to out_dir/index.json and rewrite out_dir/index.html."""
+    index_path = out_dir / "index.json"
+    runs = json.loads(index_path.read_text()) if index_path.exists() else []
+    runs.append(
+        {"folder": folder.name, "prompt": metadata["prompt"], "seed": metadata["seed"]}
+    )
+    index_path.write_text(json.dumps(runs, indent=2))
+    rows = "\n".join(
+        f'<p><a href="{r["folder"]}/metadata.json">{r["folder"]}</a>: '
+        f'{r["prompt"]} (seed {r["seed"]})<br><img src="{r["folder"]}/grid.png"></p>'
+        for r in runs
+    )
+    (out_dir / "index.html").write_text(f"<html><body>\n{rows}\n</body></html>\n")
+
+
+def capture_run(
+    pipe,
+    prompt: str,
+    out_dir: Union[str, Path],
+    num_steps: int = 4,
+    cfg_weight: float = 7.5,
+    latent_size: Tuple[int, int] = (64, 64),
+    seed: int = 0,
+    negative_text: str = "",
+    blocks=None,
+    map_size: Optional[Tuple[int, int]] = None,
+    bends: Optional[Union[BendingSettings, Sequence[BendConfig]]] = None,
+    scale: Optional[int] = None,
+) -> CaptureResult:
+    """Generate with attention capture (and optional bending) and write a gallery folder.
+
+    The prompt may mark bendable words in parentheses; they are removed before
+    tokenisation. ``blocks`` selects the sites averaged (all by default),
+    ``map_size`` the common map size (the latent size by default).
+    """
+    from ..bending.processor import Bender, parse_prompt
+
+    out_dir = Path(out_dir)
+    clean, _ = parse_prompt(prompt)
+    bender = Bender(pipe, prompt, bends) if bends is not None else None
+    recorder = Recorder(pipe, tuple(map_size or latent_size), blocks)
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    x = None
+    with recorder:
+        if bender is not None:
+            bender.__enter__()
+        try:
+            for x in pipe.generate_latents(
+                clean,
+                num_steps=num_steps,
+                cfg_weight=cfg_weight,
+                latent_size=latent_size,
+                seed=seed,
+                negative_text=negative_text,
+            ):
+                extra = bender.link.arrays() if bender is not None else []
+                mx.eval(x, *recorder.arrays(), *extra)
+        finally:
+            if bender is not None:
+                bender.__exit__(None, None, None)
+    seconds = time.perf_counter() - t0
+    peak = mx.get_peak_memory()
+    image = np.array(pipe.decode(x)[0], dtype=np.float32)
+    worst = recorder.check_probabilities()
+    words = word_maps(pipe, clean)
+    tok = getattr(pipe, "tokenizer", None) or pipe.tokenizer_1
+    max_time = float(pipe.sampler.max_time)
+    metadata = {
+        "prompt": prompt,
+        "clean_prompt": clean,
+        "negative_text": negative_text,
+        "seed": seed,
+        "tokens": tok.tokenize(clean),
+        "words": [asdict(w) for w in words],
+        "steps": [
+            {
+                "step_idx": s.step_idx,
+                "timestep": s.timestep,
+                "sigma": s.sigma,
+                "noise_percent": noise_percent(s.timestep, max_time),
+                "calls": s.calls,
+            }
+            for s in recorder.steps
+        ],
+        "blocks": recorder.block_ids,
+        "settings": {
+            "num_steps": num_steps,
+            "cfg_weight": cfg_weight,
+            "latent_size": list(latent_size),
+            "map_size": list(recorder.size),
+            "aggregation": "mean over heads and conditional rows, bilinear upsample, mean over blocks",
+        },
+        "bending": (
+            None
+            if bender is None
+            else {
+                "apply_to_output": bender.settings.apply_to_output,
+                "bends": [asdict(rb.config) for rb in bender.bends],
+            }
+        ),
+        "check": {"max_row_sum_error": worst},
+        "memory": {"maps_bytes": recorder.nbytes, "peak_bytes": peak},
+        "generation_seconds": seconds,
+    }
+    scale = scale or max(1, 128 // image.shape[1])  # overlays of at least 128 px
+    folder = new_folder(out_dir, clean)
+    files = write_gallery(folder, image, recorder, words, metadata, max_time, scale)
+    update_index(out_dir, folder, metadata)
+    return CaptureResult(folder, image, recorder, words, metadata, files)
