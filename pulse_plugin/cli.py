@@ -1,0 +1,379 @@
+"""The ``pulse`` command: generate with techniques, run the demo gallery, list blocks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from . import blas
+from .recipe import PULSE_SECTIONS, Recipe, RecipeError
+
+DESCRIPTION = """\
+CorePulse-style control for MLX Stable Diffusion.
+
+  pulse demo                         every technique on the bundled toy model -> pulse-demo/index.html
+  pulse generate "a red circle on the left" --inject block=all,prompt=blue --compare
+  pulse generate PROMPT --recipe recipe.toml --capture gallery/
+  pulse blocks                       the model's attention sites and their selector names
+
+Models: the bundled toy model (default), any local diffusers-layout folder
+(--model PATH), or an upstream model name where its weights can be had.
+On Linux the command re-runs itself with Debian's OpenBLAS preloaded when it is
+installed (set PULSE_NO_OPENBLAS=1 to opt out).
+"""
+
+
+class CliError(Exception):
+    """Bad input on the command line or in a file it names."""
+
+
+# ------------------------------------------------------------------ models
+def load_model(name: Optional[str]):
+    """The pipeline for --model: 'toy' (default), a local folder, or an upstream model name."""
+    from . import upstream
+    from .toy import default_model_path, folder
+
+    sd = upstream.load(patched=True)
+    if name in (None, "toy"):
+        path = default_model_path()
+        if not folder.is_model_folder(path):
+            raise CliError(f"the bundled toy model is missing from {path}")
+        return folder.load_pipeline(path, sd), path
+    path = Path(name).expanduser()
+    if path.exists():
+        if not folder.is_model_folder(path):
+            raise CliError(
+                f"--model {name}: not a diffusers-layout folder (expected unet/, text_encoder/, vae/)"
+            )
+        return folder.load_pipeline(path, sd), path
+    try:
+        cls = sd.StableDiffusionXL if "xl" in name.lower() else sd.StableDiffusion
+        return cls(name), None
+    except Exception as err:  # hub errors come in many types; say what was tried
+        raise CliError(
+            f"--model {name}: not a local folder, and upstream could not load it "
+            f"({type(err).__name__}: {err}). Download the model as a diffusers folder "
+            "and pass its path."
+        ) from err
+
+
+def default_size(pipe, path: Optional[Path]) -> int:
+    if path is not None and (path / "vae" / "config.json").is_file():
+        return int(
+            json.loads((path / "vae" / "config.json").read_text())["sample_size"]
+        )
+    return 512
+
+
+def latent_for(pipe, size: int) -> Tuple[int, int]:
+    down = 2 ** (len(pipe.autoencoder.decoder.up_blocks) - 1)
+    if size % down:
+        raise CliError(f"--size {size}: expected a multiple of {down} for this model")
+    return (size // down, size // down)
+
+
+# -------------------------------------------------------------- generation
+@dataclass
+class Settings:
+    prompt: str
+    negative: str = ""
+    steps: int = 20
+    cfg: float = 7.5
+    seed: int = 0
+    size: int = 32
+
+    def __post_init__(self):
+        if not self.prompt.strip():
+            raise CliError("prompt: expected some text")
+        if self.steps < 1:
+            raise CliError(f"--steps {self.steps}: expected at least 1")
+        if self.size < 8:
+            raise CliError(f"--size {self.size}: expected at least 8 pixels")
+
+
+def generate(pipe, s: Settings, label: str = "generate"):
+    """One image as uint8 (H, W, 3), with a progress bar over the denoising steps."""
+    import mlx.core as mx
+    import numpy as np
+    from tqdm import tqdm
+
+    latents = pipe.generate_latents(
+        s.prompt,
+        n_images=1,
+        num_steps=s.steps,
+        cfg_weight=s.cfg,
+        negative_text=s.negative,
+        latent_size=latent_for(pipe, s.size),
+        seed=s.seed,
+    )
+    x = None
+    for x in tqdm(latents, total=s.steps, desc=label, leave=False, file=sys.stderr):
+        mx.eval(x)
+    image = pipe.decode(x)[0]
+    return (np.array(image) * 255).round().astype(np.uint8)
+
+
+def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniques"):
+    """Generate with the recipe's techniques active; returns (image, one line per technique)."""
+    from .pulse import Pulse
+    from .recipe import apply_to
+
+    with Pulse(pipe, prompt=s.prompt, num_steps=s.steps) as pulse:
+        done = apply_to(pulse, recipe, s.prompt)
+        with _extras(pipe, pulse, s, recipe, done):
+            image = generate(pipe, s, label)
+    return image, done
+
+
+class _extras:
+    """LoRA adapters named by the recipe, applied for one generation and removed after."""
+
+    def __init__(self, pipe, pulse, s: Settings, recipe: Recipe, done: List[str]):
+        self.pipe, self.recipe, self.done = pipe, recipe, done
+        self.applied = False
+
+    def __enter__(self):
+        entries = self.recipe.techniques.get("lora", [])
+        if entries:
+            from .lora import adapters, io
+
+            loras, weights = [], []
+            for i, entry in enumerate(entries):
+                if set(entry) - {"path", "weight"} or "path" not in entry:
+                    raise RecipeError(
+                        f"lora[{i}]: expected fields path and optional weight"
+                    )
+                loras.append(io.load_lora(entry["path"]))
+                weights.append(float(entry.get("weight", 1.0)))
+                self.done.append(f"lora: {entry['path']} weight {weights[-1]}")
+            adapters.apply(self.pipe, loras, weights)
+            self.applied = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.applied:
+            from .lora import adapters
+
+            adapters.remove(self.pipe)
+        return False
+
+
+# ---------------------------------------------------------------- pictures
+def side_by_side(images: Sequence, labels: Sequence[str], scale: int = 4):
+    """A labelled row of images, each upscaled (nearest) so small images are visible."""
+    from PIL import Image, ImageDraw
+
+    tiles = [
+        Image.fromarray(im).resize(
+            (im.shape[1] * scale, im.shape[0] * scale), Image.NEAREST
+        )
+        for im in images
+    ]
+    w, h = tiles[0].size
+    canvas = Image.new("RGB", (w * len(tiles), h + 16), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        canvas.paste(tile, (i * w, 16))
+        draw.text((i * w + 3, 2), label[: max(4, w // 6)], fill="black")
+    return canvas
+
+
+def save_png(image, path: Path, scale: int = 1) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(image)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    pil.save(path)
+    return path
+
+
+# ------------------------------------------------------------- subcommands
+def build_recipe(args) -> Recipe:
+    from . import recipe as recipes
+
+    rec = recipes.load(Path(args.recipe)) if args.recipe else Recipe()
+    for section in PULSE_SECTIONS:
+        for text in getattr(args, section) or []:
+            rec.add(section, recipes.parse_flag(section, text))
+    for text in args.lora or []:
+        path, _, weight = text.partition(":")
+        try:
+            rec.add("lora", {"path": path, "weight": float(weight or 1.0)})
+        except ValueError as err:
+            raise CliError(f"--lora {text}: expected PATH or PATH:WEIGHT") from err
+    return rec
+
+
+def cmd_generate(args) -> int:
+    pipe, path = load_model(args.model)
+    rec = build_recipe(args)
+    gen = rec.generate
+    s = Settings(
+        prompt=args.prompt,
+        negative=(
+            args.negative if args.negative is not None else gen.get("negative", "")
+        ),
+        steps=args.steps or gen.get("steps", 20),
+        cfg=args.cfg if args.cfg is not None else gen.get("cfg", 7.5),
+        seed=args.seed if args.seed is not None else gen.get("seed", 0),
+        size=args.size or gen.get("size") or default_size(pipe, path),
+    )
+    out = Path(args.output)
+    if rec.empty:
+        image, done = generate(pipe, s), []
+    else:
+        image, done = generate_with(pipe, s, rec)
+    save_png(image, out, args.scale)
+    print(f"wrote {out}")
+    for line in done:
+        print(f"  {line}")
+    if args.compare:
+        base = generate(pipe, s, "baseline")
+        grid = side_by_side(
+            [base, image], ["baseline", "with techniques"], scale=max(args.scale, 1)
+        )
+        compare = out.with_name(out.stem + "-compare.png")
+        grid.save(compare)
+        print(f"wrote {compare}")
+    return 0
+
+
+def cmd_blocks(args) -> int:
+    from .selectors import describe, table
+
+    pipe, _ = load_model(args.model)
+    print(table(describe(pipe.unet)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    pipe, path = load_model(args.model)
+    size = default_size(pipe, path)
+    index = run_demo(pipe, Path(args.out), size, steps=args.steps, seed=args.seed)
+    print(f"wrote {index}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pulse",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser(
+        "generate",
+        help="generate an image, optionally with techniques",
+        description="Generate one image. Techniques come from --recipe (TOML/JSON) and/or flags; "
+        "each technique flag takes key=value pairs, the keyword arguments of the matching "
+        "Pulse method (see docs/techniques.md), and may be repeated.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("prompt", help="the text prompt")
+    g.add_argument(
+        "--model",
+        help="'toy' (default), a diffusers-layout folder, or an upstream model name",
+    )
+    g.add_argument("--negative", help="negative prompt (default: empty)")
+    g.add_argument("--steps", type=int, help="denoising steps (default 20)")
+    g.add_argument(
+        "--cfg", type=float, help="classifier-free guidance weight (default 7.5)"
+    )
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument(
+        "--size", type=int, help="image size in pixels (default: the model's)"
+    )
+    g.add_argument(
+        "--recipe", help="TOML or JSON file of techniques (see pulse_plugin/recipe.py)"
+    )
+    g.add_argument(
+        "--inject", action="append", help="e.g. block=structure,prompt=blue,weight=0.8"
+    )
+    g.add_argument("--reweight", action="append", help="e.g. phrase=red,scale=2")
+    g.add_argument(
+        "--mask",
+        action="append",
+        help="e.g. phrase=red (remove the phrase's influence)",
+    )
+    g.add_argument(
+        "--keep-only", dest="keep_only", action="append", help='e.g. phrases=["circle"]'
+    )
+    g.add_argument(
+        "--region", action="append", help="e.g. prompt=blue,mask=left,weight=1"
+    )
+    g.add_argument(
+        "--self-attention",
+        dest="self_attention",
+        action="append",
+        help="e.g. query_region=left,key_region=right,scale=2",
+    )
+    g.add_argument(
+        "--lora", action="append", help="LoRA .safetensors, as PATH or PATH:WEIGHT"
+    )
+    g.add_argument(
+        "--compare",
+        action="store_true",
+        help="also write a baseline | technique picture",
+    )
+    g.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help="upscale saved images by this factor (nearest)",
+    )
+    g.add_argument(
+        "-o",
+        "--output",
+        default="pulse-out.png",
+        help="output PNG (default pulse-out.png)",
+    )
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser(
+        "demo",
+        help="run every technique on the toy model and write a gallery",
+        description="Run every technique on the model (the bundled toy model by default) with "
+        "a fixed seed, and write one before/after picture per technique and an index.html.",
+    )
+    d.add_argument(
+        "--out", default="pulse-demo", help="output folder (default pulse-demo)"
+    )
+    d.add_argument("--model", help="'toy' (default) or a diffusers-layout folder")
+    d.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser(
+        "blocks", help="list the model's attention sites and selector names"
+    )
+    b.add_argument("--model", help="'toy' (default) or a diffusers-layout folder")
+    b.set_defaults(func=cmd_blocks)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:
+        blas.reexec_with_openblas("pulse_plugin.cli")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (
+        CliError,
+        ValueError,
+        FileNotFoundError,
+    ) as err:  # RecipeError, LoRAError, ...
+        print(f"pulse: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
