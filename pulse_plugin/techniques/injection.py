@@ -78,9 +78,10 @@ class Injection(Technique):
             return next(call)
         rows = active_rows(call, self.rows)
         if self.mode == "corepulse":
-            base = next(call)
             injected = injected_branch(call, self.embedding * self.weight, rows, next)
-            return _replace_rows(base, injected, rows)
+            if rows == slice(0, len(call.x)):
+                return injected
+            return _replace_rows(next(call), injected, rows)
         base = next(call)
         injected = injected_branch(call, self.embedding, rows, next)
         return blend(base, injected, self.weight, rows)
