@@ -182,3 +182,33 @@ def test_window_bounds_and_warnings(pipe):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Pulse(pipe).inject("mid", "a dog", sigma_start=15.0, sigma_end=0.0)
+
+
+def test_warning_at_add_time_with_a_planned_schedule(pipe):
+    pulse = Pulse(pipe, num_steps=4)
+    with pytest.warns(UserWarning, match="planned schedule.*visits sigmas"):
+        pulse.inject("mid", "a dog", steps=(5, None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pulse.inject("mid", "a dog", sigma_start=5.0, sigma_end=1.0)
+
+
+def test_a_foreign_processor_registered_before_runs_after_the_links(pipe):
+    hooks = pipe.unet.hooks
+    seen = []
+
+    def foreign(attn, x, memory, mask, meta):
+        seen.append(memory.shape[1])
+        return attn(x, memory, memory, mask)
+
+    hooks.register("mid.0.0", "cross", foreign)
+    try:
+        base = generate(pipe, steps=1)  # switch off: foreign not called
+        assert seen == []
+        with Pulse(pipe) as pulse:
+            pulse.inject("mid", "a large green castle with two dogs", weight=0.0)
+            assert np.array_equal(generate(pipe, steps=1), base)
+        assert len(seen) == 2 and seen[0] != seen[1]  # base and injected branches
+        assert hooks.processors[("mid.0.0", "cross")] is foreign
+    finally:
+        hooks.clear()

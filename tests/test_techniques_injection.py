@@ -145,3 +145,22 @@ def test_bad_arguments_name_the_field(pipe):
     with pytest.raises(ValueError, match="valid names"):
         pulse.inject("middle:1", "a dog")
     assert PROMPT
+
+
+def test_rows_all_and_no_cfg(pipe):
+    site = "mid.0.0"
+    for cfg, rows in [(3.0, "all"), (1.0, "cond")]:
+        pulse = Pulse(pipe)
+        rec = Recorder()
+        pulse.add_link(site, "cross", rec)
+        pulse.inject(site, OTHER, weight=0.5, rows=rows)
+        with pulse:
+            generate(pipe, steps=1, cfg=cfg)
+        r = rec.at(site)
+        attn, x, mem = r["call"].attn, r["x"], r["memory"]
+        b = x.shape[0]
+        assert b == (2 if cfg > 1 else 1)
+        base = attn(x, mem, mem, None)
+        e = broadcast(pulse.embedding(OTHER), b)
+        expected = base + 0.5 * (attn(x, e, e, None) - base)
+        assert np.array_equal(np.array(r["out"]), np.array(expected))
