@@ -152,3 +152,23 @@ def test_sdxl_visualise_and_apply(tiny_xl):
     assert np.array_equal(np.array(x), base)
     x, _ = P.generate(tiny_xl, PROMPT, [bend], apply_to_output=True, **run)
     assert not np.array_equal(np.array(x), base)
+
+
+def test_bender_and_recorder_attach_to_pulse(tiny_pipe):
+    from pulse_plugin.capture.recorder import Recorder
+    from pulse_plugin.pulse import Pulse
+
+    bend = [C.BendConfig("cat", "flip")]
+    alone, _ = P.generate(tiny_pipe, PROMPT, bend, apply_to_output=True, **RUN)
+    bender = P.Bender(tiny_pipe, PROMPT, bend, apply_to_output=True)
+    rec = Recorder(tiny_pipe, (16, 16))
+    with Pulse(tiny_pipe) as pulse:
+        bender.attach(pulse)
+        rec.attach(pulse)
+        x = plain(tiny_pipe, bender.prompt)
+    bender.flush()
+    rec.flush()
+    assert np.array_equal(x, np.array(alone))
+    assert [s.step_idx for s in rec.steps] == list(range(RUN["num_steps"]))
+    assert len(bender.records) == RUN["num_steps"] * len(tiny_pipe.unet.hooks.sites)
+    assert not tiny_pipe.unet.hooks.processors

@@ -281,6 +281,12 @@ class Bender:
         """(block id, kind) -> link, for a caller that owns the chains."""
         return {(b, "cross"): self.link for b in self.blocks}
 
+    def attach(self, pulse) -> "Bender":
+        """Add this Bender's link to a pulse_plugin.pulse.Pulse; call flush() after generating."""
+        for block_id in self.blocks:
+            pulse.add_link(block_id, "cross", self.link, name="bending")
+        return self
+
     def flush(self, *_) -> None:
         """Evaluate pending maps into records and warn about guarded non-finite values."""
         pending, self.link.pending = self.link.pending, []

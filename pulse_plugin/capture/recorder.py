@@ -69,6 +69,9 @@ class Recorder:
     def observe(self, probs: mx.array, call: Call) -> None:
         """Reduce one call's probabilities (B, heads, H*W, Nk) into the step's sum."""
         meta = call.meta
+        if self._step is None or self._step.step_idx != meta.step_idx:
+            self.flush()  # a new step began: close the previous one
+            self._step = meta
         p = probs[meta.cond_rows]
         err = mx.abs(p.sum(axis=-1) - 1).max()
         h, w = meta.spatial_shape
@@ -79,14 +82,15 @@ class Recorder:
         self._err = err if self._err is None else mx.maximum(self._err, err)
         self._calls += 1
 
+    def attach(self, pulse) -> "Recorder":
+        """Add the link to a pulse_plugin.pulse.Pulse; call flush() after generating."""
+        for block_id in self.block_ids:
+            pulse.add_link(block_id, "cross", self.link, name="capture")
+        return self
+
     def arrays(self) -> List[mx.array]:
         """The lazy sums of the current step (evaluate them with the latents)."""
         return [a for a in (self._acc, self._err) if a is not None]
-
-    def on_step(self, info) -> None:
-        """Hook observer: close the previous step, start the next."""
-        self.flush()
-        self._step = info
 
     def flush(self) -> None:
         """Store the current step's average map, if any call was observed."""
@@ -131,7 +135,7 @@ class Recorder:
 
     def __enter__(self) -> "Recorder":
         links = {(b, "cross"): self.link for b in self.block_ids}
-        self._exit = install(self.pipe, links, "capture", observer=self.on_step)
+        self._exit = install(self.pipe, links, "capture")
         self._exit.__enter__()
         return self
 
