@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import mlx.core as mx
 import mlx.nn as nn
 
-from .io import LoRA, LoRAError, LoRALayer, delta_weight, load_lora
+from .io import LoRA, LoRAError, LoRALayer, load_lora
 
 Slot = Tuple[str, str]  # (component, mlx_path)
 
@@ -316,6 +316,18 @@ def remove(pipe, names: Optional[Iterable[str]] = None) -> None:
         del st.weights[name]
 
 
+def fused_weight(
+    original: mx.array, items: Sequence[Tuple[LoRALayer, float]]
+) -> mx.array:
+    """``original + sum weight * scale * up @ down`` computed in float32 with one addmm per LoRA."""
+    w = original.astype(mx.float32).reshape(original.shape[0], -1)
+    for layer, weight in items:
+        up = layer.up.astype(mx.float32).reshape(layer.up.shape[0], layer.rank)
+        down = layer.down.astype(mx.float32).reshape(layer.rank, -1)
+        w = mx.addmm(w, up, down, alpha=weight * layer.scale, beta=1.0)
+    return w.reshape(original.shape).astype(original.dtype)
+
+
 def fuse(
     pipe,
     loras: Union[LoRA, str, Sequence[Union[LoRA, str]]],
@@ -331,21 +343,18 @@ def fuse(
     if st.fused:
         raise LoRAError(f"already fused ({', '.join(st.fused_names)}); unfuse first")
     plans = [match(pipe, lora, skip_mismatched) for lora in loras]
-    deltas: Dict[Slot, mx.array] = {}
+    per_slot: Dict[Slot, List[Tuple[LoRALayer, float]]] = {}
     for w, (fitted, _) in zip(weights, plans):
         if w == 0.0:
             continue
         for layer, slot in fitted:
-            d = w * delta_weight(layer)
-            deltas[slot] = d if slot not in deltas else deltas[slot] + d
-    for slot, d in deltas.items():
+            per_slot.setdefault(slot, []).append((layer, w))
+    for slot, items in per_slot.items():
         module = _base(locate(component_model(pipe, slot[0]), slot[1])[2])
         original = module.weight
         st.fused[slot] = original
-        module.weight = (original.astype(mx.float32) + d).astype(original.dtype)
-    mx.eval(
-        [_base(locate(component_model(pipe, s[0]), s[1])[2]).weight for s in deltas]
-    )
+        module.weight = fused_weight(original, items)
+        mx.eval(module.weight)  # one layer at a time keeps the peak low
     st.fused_names = [x.name for x in loras]
     return [report for _, report in plans]
 
