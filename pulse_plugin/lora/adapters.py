@@ -320,12 +320,14 @@ def fused_weight(
     original: mx.array, items: Sequence[Tuple[LoRALayer, float]]
 ) -> mx.array:
     """``original + sum weight * scale * up @ down`` computed in float32 with one addmm per LoRA."""
-    w = original.astype(mx.float32).reshape(original.shape[0], -1)
+    w = original if original.dtype == mx.float32 else original.astype(mx.float32)
+    w = w.reshape(original.shape[0], -1)
     for layer, weight in items:
         up = layer.up.astype(mx.float32).reshape(layer.up.shape[0], layer.rank)
         down = layer.down.astype(mx.float32).reshape(layer.rank, -1)
         w = mx.addmm(w, up, down, alpha=weight * layer.scale, beta=1.0)
-    return w.reshape(original.shape).astype(original.dtype)
+    w = w.reshape(original.shape)
+    return w if w.dtype == original.dtype else w.astype(original.dtype)
 
 
 def fuse(
