@@ -123,7 +123,7 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
     from .recipe import apply_to
 
     with Pulse(pipe, prompt=s.prompt, num_steps=s.steps) as pulse:
-        done = apply_to(pulse, recipe, s.prompt)
+        done = apply_to(pulse, recipe)
         with _extras(pipe, pulse, s, recipe, done):
             image = generate(pipe, s, label)
     return image, done

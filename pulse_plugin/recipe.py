@@ -133,8 +133,12 @@ def _method_fields(method) -> List[str]:
     return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-def apply_to(pulse, recipe: Recipe, prompt: str) -> List[str]:
-    """Add the recipe's attention techniques to an entered Pulse; returns one line per technique."""
+def apply_to(pulse, recipe: Recipe) -> List[str]:
+    """Add the recipe's attention techniques to a Pulse; returns one line per technique.
+
+    Phrases are looked up in the Pulse's prompt (``Pulse(pipe, prompt=...)``)
+    unless an entry names its own ``prompt``.
+    """
     done = []
     for section, method_name in PULSE_SECTIONS.items():
         method = getattr(pulse, method_name)
@@ -145,8 +149,6 @@ def apply_to(pulse, recipe: Recipe, prompt: str) -> List[str]:
             where = f"{section}[{i}]"
             _check_fields(where, entry, allowed)
             kwargs = dict(entry)
-            if "prompt" in allowed and section != "inject" and section != "region":
-                kwargs.setdefault("prompt", prompt)
             if "steps" in kwargs and kwargs["steps"] is not None:
                 kwargs["steps"] = tuple(kwargs["steps"])
             try:
