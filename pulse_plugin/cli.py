@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -118,51 +119,123 @@ def generate(pipe, s: Settings, label: str = "generate"):
 
 
 def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniques"):
-    """Generate with the recipe's techniques active; returns (image, one line per technique)."""
+    """Generate with the recipe's techniques active; returns (image, one line per technique).
+
+    Attention techniques, bends and capture share one Pulse, so they compose on
+    each site; LoRA adapters are applied for this generation only.
+    """
     from .pulse import Pulse
     from .recipe import apply_to
 
-    with Pulse(pipe, prompt=s.prompt, num_steps=s.steps) as pulse:
+    bends = bending_settings(recipe)
+    prompt = s.prompt
+    if bends is not None:
+        from .bending.config import parse_prompt
+
+        prompt = parse_prompt(s.prompt)[0]
+    clean = replace(s, prompt=prompt)
+    with Pulse(pipe, prompt=prompt, num_steps=s.steps) as pulse:
         done = apply_to(pulse, recipe)
-        with _extras(pipe, pulse, s, recipe, done):
-            image = generate(pipe, s, label)
+        bender = None
+        if bends is not None:
+            from .bending.processor import Bender
+
+            bender = Bender(pipe, s.prompt, bends).attach(pulse)
+            phase = "apply" if bends.apply_to_output else "visualise only"
+            done += [f"bend ({phase}): {b.label}" for b in bends.bends]
+        with loras_applied(pipe, recipe, done):
+            image = _generate_or_capture(pipe, clean, recipe, label, done)
+        if bender is not None:
+            bender.flush()
     return image, done
 
 
-class _extras:
-    """LoRA adapters named by the recipe, applied for one generation and removed after."""
+def bending_settings(recipe: Recipe):
+    """The recipe's bends: a settings file (``file``) and/or inline bend tables."""
+    entries = recipe.techniques.get("bend", [])
+    if not entries:
+        return None
+    from .bending.config import BendingSettings, bend_from_dict, load_settings
 
-    def __init__(self, pipe, pulse, s: Settings, recipe: Recipe, done: List[str]):
-        self.pipe, self.recipe, self.done = pipe, recipe, done
-        self.applied = False
+    settings = BendingSettings([], apply_to_output=True)
+    for i, entry in enumerate(entries):
+        if "file" in entry:
+            if set(entry) != {"file"}:
+                raise RecipeError(f"bend[{i}]: a bend with 'file' takes no other field")
+            loaded = load_settings(entry["file"])
+            settings.bends += loaded.bends
+            settings.apply_to_output = loaded.apply_to_output
+        else:
+            settings.bends.append(bend_from_dict(entry, f"bend[{i}]."))
+    return settings
 
-    def __enter__(self):
-        entries = self.recipe.techniques.get("lora", [])
-        if entries:
-            from .lora import adapters, io
 
-            loras, weights = [], []
-            for i, entry in enumerate(entries):
-                if set(entry) - {"path", "weight"} or "path" not in entry:
-                    raise RecipeError(
-                        f"lora[{i}]: expected fields path and optional weight"
-                    )
-                loras.append(io.load_lora(entry["path"]))
-                weights.append(float(entry.get("weight", 1.0)))
-                self.done.append(f"lora: {entry['path']} weight {weights[-1]}")
-            adapters.apply(self.pipe, loras, weights)
-            self.applied = True
-        return self
+def _generate_or_capture(
+    pipe, s: Settings, recipe: Recipe, label: str, done: List[str]
+):
+    entries = recipe.techniques.get("capture", [])
+    if not entries:
+        return generate(pipe, s, label)
+    from .capture.gallery import capture_run
 
-    def __exit__(self, *exc):
-        if self.applied:
-            from .lora import adapters
+    if len(entries) > 1 or set(entries[0]) - {"dir", "blocks"}:
+        raise RecipeError(
+            "capture: expected one table with fields dir and optional blocks"
+        )
+    result = capture_run(
+        pipe,
+        s.prompt,
+        entries[0].get("dir", "pulse-capture"),
+        num_steps=s.steps,
+        cfg_weight=s.cfg,
+        latent_size=latent_for(pipe, s.size),
+        seed=s.seed,
+        negative_text=s.negative,
+        blocks=entries[0].get("blocks"),
+    )
+    done.append(f"capture: {result.folder}/index.html")
+    return (result.image * 255).round().astype("uint8")
 
-            adapters.remove(self.pipe)
-        return False
+
+@contextmanager
+def loras_applied(pipe, recipe: Recipe, done: List[str]):
+    """The recipe's LoRA adapters and blends, applied for the block's duration."""
+    entries = recipe.techniques.get("lora", [])
+    if not entries:
+        yield
+        return
+    from .lora import adapters, blend, io
+
+    loras, weights = [], []
+    for i, entry in enumerate(entries):
+        if "blend" in entry:
+            if set(entry) != {"blend"}:
+                raise RecipeError(f"lora[{i}]: a blend entry takes no other field")
+            b = blend.load_blend(entry["blend"])
+            loras += blend.blend_loras(b)
+            weights += b.effective_weights()
+            done.append(
+                f"lora blend {b.name}: {dict(zip(b.adapter_names(), b.effective_weights()))}"
+            )
+            continue
+        if "path" not in entry or set(entry) - {"path", "weight"}:
+            raise RecipeError(f"lora[{i}]: expected fields path and optional weight")
+        loras.append(io.load_lora(entry["path"]))
+        weights.append(float(entry.get("weight", 1.0)))
+        done.append(f"lora: {entry['path']} weight {weights[-1]}")
+    adapters.apply(pipe, loras, weights)
+    try:
+        yield
+    finally:
+        adapters.remove(pipe)
 
 
 # ---------------------------------------------------------------- pictures
+def display_scale(size: int) -> int:
+    """Nearest-neighbour upscale that makes an image at least 128 px wide."""
+    return max(1, 128 // size)
+
+
 def side_by_side(images: Sequence, labels: Sequence[str], scale: int = 4):
     """A labelled row of images, each upscaled (nearest) so small images are visible."""
     from PIL import Image, ImageDraw
@@ -201,6 +274,12 @@ def build_recipe(args) -> Recipe:
     for section in PULSE_SECTIONS:
         for text in getattr(args, section) or []:
             rec.add(section, recipes.parse_flag(section, text))
+    for path in args.bend or []:
+        rec.add("bend", {"file": path})
+    if args.capture:
+        rec.techniques["capture"] = [{"dir": args.capture}]
+    for path in args.blend or []:
+        rec.add("lora", {"blend": path})
     for text in args.lora or []:
         path, _, weight = text.partition(":")
         try:
@@ -214,15 +293,17 @@ def cmd_generate(args) -> int:
     pipe, path = load_model(args.model)
     rec = build_recipe(args)
     gen = rec.generate
+
+    def pick(value, key, default):
+        return value if value is not None else gen.get(key, default)
+
     s = Settings(
         prompt=args.prompt,
-        negative=(
-            args.negative if args.negative is not None else gen.get("negative", "")
-        ),
-        steps=args.steps or gen.get("steps", 20),
-        cfg=args.cfg if args.cfg is not None else gen.get("cfg", 7.5),
-        seed=args.seed if args.seed is not None else gen.get("seed", 0),
-        size=args.size or gen.get("size") or default_size(pipe, path),
+        negative=pick(args.negative, "negative", ""),
+        steps=pick(args.steps, "steps", 20),
+        cfg=pick(args.cfg, "cfg", 7.5),
+        seed=pick(args.seed, "seed", 0),
+        size=pick(args.size, "size", None) or default_size(pipe, path),
     )
     out = Path(args.output)
     if rec.empty:
@@ -236,7 +317,7 @@ def cmd_generate(args) -> int:
     if args.compare:
         base = generate(pipe, s, "baseline")
         grid = side_by_side(
-            [base, image], ["baseline", "with techniques"], scale=max(args.scale, 1)
+            [base, image], ["baseline", "with techniques"], scale=display_scale(s.size)
         )
         compare = out.with_name(out.stem + "-compare.png")
         grid.save(compare)
@@ -317,8 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. query_region=left,key_region=right,scale=2",
     )
     g.add_argument(
+        "--bend",
+        action="append",
+        help="attention-bending settings (TOML/JSON/YAML, see examples/bending.toml); "
+        "mark bendable words in the prompt with parentheses",
+    )
+    g.add_argument(
+        "--capture",
+        metavar="DIR",
+        help="record the attention maps into a gallery under DIR",
+    )
+    g.add_argument(
         "--lora", action="append", help="LoRA .safetensors, as PATH or PATH:WEIGHT"
     )
+    g.add_argument("--blend", action="append", help="a LoRA blend file (JSON/TOML)")
     g.add_argument(
         "--compare",
         action="store_true",

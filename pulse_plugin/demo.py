@@ -110,7 +110,7 @@ def run_demo(
     pipe, out: Path, size: int, steps: int = 20, seed: int = 0, demos: List[Demo] = None
 ) -> Path:
     """Write one before/after PNG per technique and an index.html; returns the index path."""
-    from .cli import Settings, generate, generate_with, side_by_side
+    from .cli import Settings, display_scale, generate, generate_with, side_by_side
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def run_demo(
         )
         seconds = time.perf_counter() - start
         side_by_side(
-            [base, image], ["baseline", demo.name], scale=max(1, 128 // size)
+            [base, image], ["baseline", demo.name], scale=display_scale(size)
         ).save(out / f"{demo.name}.png")
         sections.append(_tile_html(demo.name, demo, done, seconds))
         print(f"  {demo.title}: {out / (demo.name + '.png')}")
