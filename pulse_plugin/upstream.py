@@ -110,9 +110,10 @@ def _files_from_checkout(checkout: Path) -> Dict[str, bytes]:
         raise UpstreamError(
             f"{checkout} is not an mlx-examples checkout: {PACKAGE}/unet.py is missing"
         )
+    wanted = list(UPSTREAM_BLOBS) + patchset.new_files(patchset.load_series())
     return {
         rel: (checkout / rel).read_bytes()
-        for rel in UPSTREAM_BLOBS
+        for rel in wanted
         if (checkout / rel).is_file()
     }
 
@@ -127,7 +128,9 @@ def fetch_upstream(dest: Path, checkout: Optional[Path] = None) -> FetchReport:
     files = _files_from_checkout(checkout) if checkout else _files_from_wheel()
     source = f"checkout {checkout}" if checkout else f"wheel {WHEEL}"
     verified = [
-        rel for rel, data in files.items() if git_blob_hash(data) == UPSTREAM_BLOBS[rel]
+        rel
+        for rel, data in files.items()
+        if git_blob_hash(data) == UPSTREAM_BLOBS.get(rel)
     ]
     not_upstream = sorted(set(files) - set(verified))
     missing = sorted(set(PACKAGE_FILES) - set(files))
@@ -154,6 +157,19 @@ def describe(report: FetchReport) -> str:
     return "\n".join(lines)
 
 
+def checkout_from_env() -> Optional[Path]:
+    """The mlx-examples checkout named by $PULSE_UPSTREAM_CHECKOUT, if any."""
+    checkout = os.environ.get("PULSE_UPSTREAM_CHECKOUT")
+    return Path(checkout) if checkout else None
+
+
+def fetch_pristine(dest: Path) -> FetchReport:
+    """Upstream under dest ($PULSE_UPSTREAM_CHECKOUT or the wheel) with the series reverted."""
+    report = fetch_upstream(dest, checkout_from_env())
+    patchset.revert_series(dest, patchset.load_series())
+    return report
+
+
 def _series_key(series_dir: Path = patchset.SERIES_DIR) -> str:
     digest = hashlib.sha1()
     for path in patchset.series_files(series_dir):
@@ -168,7 +184,7 @@ def prepared_tree(patched: bool = True) -> Path:
     else from the registry wheel. The plain tree has the series reverted, so a
     patched checkout serves too.
     """
-    checkout = os.environ.get("PULSE_UPSTREAM_CHECKOUT")
+    checkout = checkout_from_env()
     source = (
         hashlib.sha1(str(checkout).encode()).hexdigest()[:8] if checkout else "wheel"
     )
@@ -180,12 +196,9 @@ def prepared_tree(patched: bool = True) -> Path:
     cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=name + ".", dir=cache_dir()))
     try:
-        fetch_upstream(tmp, Path(checkout) if checkout else None)
-        series = patchset.load_series()
+        fetch_pristine(tmp)
         if patched:
-            patchset.apply_series(tmp, series)
-        else:
-            patchset.revert_series(tmp, series)
+            patchset.apply_series(tmp, patchset.load_series())
         try:
             os.replace(tmp, final)
         except OSError:  # another process made it first

@@ -17,8 +17,7 @@ SERIES = patchset.load_series()
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("upstream")
-    report = upstream.fetch_upstream(root)
-    assert report.not_upstream == ["stable_diffusion/stable_diffusion/model_io.py"]
+    upstream.fetch_pristine(root)
     return root
 
 
@@ -40,18 +39,37 @@ def run_tool(*args):
     return subprocess.run([*TOOL, *args], capture_output=True, text=True)
 
 
-def test_fetch_verifies_blobs_and_names_the_file_that_is_not_upstream(pristine):
+def test_fetch_verifies_blobs_and_names_the_file_that_is_not_upstream(
+    pristine, tmp_path
+):
     for rel, blob in upstream.UPSTREAM_BLOBS.items():
         path = pristine / rel
         if rel.endswith("model_io.py") or not path.exists():
             continue
         assert upstream.git_blob_hash(path.read_bytes()) == blob, rel
-    result = run_tool("fetch-upstream", str(pristine.parent / "again"))
+    result = run_tool("fetch-upstream", str(tmp_path / "wheel"))
     assert result.returncode == 0
-    assert (
-        "NOT upstream's file (content differs): stable_diffusion/stable_diffusion/model_io.py"
-        in result.stdout
+    model_io = "stable_diffusion/stable_diffusion/model_io.py"
+    assert f"NOT upstream's file (content differs): {model_io}" in result.stdout
+    result = run_tool(
+        "fetch-upstream", str(tmp_path / "copy"), "--checkout", str(pristine)
     )
+    assert (
+        result.returncode == 0
+        and f"NOT upstream's file (content differs): {model_io}" in result.stdout
+    )
+
+
+def test_a_patched_checkout_serves_as_upstream(pristine, tmp_path):
+    before = snapshot(pristine)
+    patchset.apply_series(pristine, SERIES)
+    try:
+        report = upstream.fetch_upstream(tmp_path / "copy", pristine)
+        assert "stable_diffusion/stable_diffusion/unet.py" in report.not_upstream
+        assert patchset.revert_series(tmp_path / "copy", SERIES)[0] == len(SERIES)
+        assert snapshot(tmp_path / "copy") == before
+    finally:
+        patchset.revert_series(pristine, SERIES)
 
 
 def test_apply_revert_round_trip_restores_upstream_byte_for_byte(tree):
