@@ -165,3 +165,55 @@ def test_demo_writes_every_technique(model_dir, tmp_path):
     for demo in DEMOS:
         assert (tmp_path / "demo" / f"{demo.name}.png").is_file()
         assert demo.title in index
+
+
+def test_capture_and_bend_compose_with_injection(model_dir, tmp_path):
+    """Recorder and bends see the base prompt's tokens only, whatever the chain order."""
+    bend = tmp_path / "bend.json"
+    bend.write_text(
+        json.dumps(
+            {"apply_to_output": False, "configs": [{"token": "circle", "mode": "flip"}]}
+        )
+    )
+    args = [
+        "generate",
+        "a red (circle) on the left",
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+    ]
+    inject = ["--inject", "block=all,prompt=a blue square triangle on the right"]
+    plain = [
+        "generate",
+        PROMPT,
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+    ]  # parentheses removed
+    assert run(*plain, *inject, "-o", tmp_path / "inj.png") == 0
+    assert (
+        run(
+            *args,
+            *inject,
+            "--bend",
+            bend,
+            "--capture",
+            tmp_path / "g",
+            "-o",
+            tmp_path / "both.png",
+        )
+        == 0
+    )
+    assert np.array_equal(pixels(tmp_path / "inj.png"), pixels(tmp_path / "both.png"))
+    (run_dir,) = [p for p in (tmp_path / "g").iterdir() if p.is_dir()]
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert len(meta["tokens"]) == 8  # BOS a red circle on the left EOS
+    assert meta["check"]["max_row_sum_error"] < 1e-5
+    assert np.load(run_dir / "maps.npz")["maps"].shape == (
+        2,
+        8,
+        8,
+        8,
+    )  # steps, tokens, H, W

@@ -208,7 +208,7 @@ class BendLink:
 
     def __call__(self, call: Call, next: Next) -> mx.array:
         active = self.active(call.meta)
-        if not active:
+        if not active or call.branch != "base":  # injected branches have other tokens
             return next(call)
         if self.apply:
             fn = partial(self._transform, active)

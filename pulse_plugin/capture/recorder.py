@@ -62,7 +62,8 @@ class Recorder:
 
     def link(self, call: Call, next: Next) -> mx.array:
         """The chain link: observe the probabilities of watched cross-attention calls."""
-        if call.meta.kind != "cross" or call.meta.block_id not in self.block_ids:
+        watched = call.meta.kind == "cross" and call.meta.block_id in self.block_ids
+        if not watched or call.branch != "base":  # injected branches have other tokens
             return next(call)
         return next(call.with_(observers=call.observers + (self.observe,)))
 

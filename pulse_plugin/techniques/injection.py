@@ -44,13 +44,26 @@ def encode_prompt(pipe, prompt: str) -> mx.array:
 def injected_branch(
     call: Call, embedding: mx.array, rows: slice, next: Next
 ) -> mx.array:
-    """The rest of the chain on the edited rows, with keys/values from embedding."""
+    """The rest of the chain on the edited rows, with keys/values from embedding.
+
+    Probability transforms and observers added before this link belong to the
+    base prompt's tokens, so the injected branch starts without them.
+    """
     x = call.x[rows]
     memory = mx.broadcast_to(embedding, (x.shape[0],) + embedding.shape[1:])
     meta = dataclasses.replace(
         call.meta, cond_rows=slice(0, x.shape[0]), uncond_rows=None
     )
-    return next(call.with_(x=x, memory=memory, mask=None, meta=meta, branch="inject"))
+    branch = call.with_(
+        x=x,
+        memory=memory,
+        mask=None,
+        meta=meta,
+        branch="inject",
+        transforms=(),
+        observers=(),
+    )
+    return next(branch)
 
 
 @dataclass
