@@ -25,3 +25,19 @@ def tiny_pipe(sd):
 @pytest.fixture
 def tiny_xl(sd):
     return tiny.build_pipeline(sd, tiny.TinyConfig(sdxl=True))
+
+
+@pytest.fixture(scope="module")
+def pipe(sd):
+    """The technique tests' SD-shaped tiny pipeline (three levels, attention at each)."""
+    from test_pulse_support import SD_CFG
+
+    return tiny.build_pipeline(sd, SD_CFG)
+
+
+@pytest.fixture(scope="module")
+def xl(sd):
+    """The technique tests' SDXL-shaped tiny pipeline (no attention at the top level)."""
+    from test_pulse_support import XL_CFG
+
+    return tiny.build_pipeline(sd, XL_CFG)

@@ -76,7 +76,6 @@ def test_every_site_called_once_per_unet_call_with_right_meta(tiny_pipe, cfg):
 
 def test_site_names_of_sd21_and_sdxl_layouts(sd):
     """SD 2.1: attention in down 0-2 and up 1-3 (16 sites); SDXL: deeper stacks."""
-    import mlx.nn as nn
 
     cfg = sd.config.UNetConfig()
     cfg.block_out_channels = (32, 32, 32, 32)

@@ -7,23 +7,13 @@ import warnings
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_pulse_support import PROMPT, SD_CFG, XL_CFG, Recorder, generate
+from test_pulse_support import PROMPT, Recorder, generate
 
 from pulse_plugin import tiny
 from pulse_plugin.chain import SiteChain
 from pulse_plugin.pulse import Pulse, PulseError
 from pulse_plugin.schedule import Window, planned_schedule
 from pulse_plugin.selectors import describe, list_blocks, resolve
-
-
-@pytest.fixture(scope="module")
-def pipe(sd):
-    return tiny.build_pipeline(sd, SD_CFG)
-
-
-@pytest.fixture(scope="module")
-def xl(sd):
-    return tiny.build_pipeline(sd, XL_CFG)
 
 
 def state(hooks):

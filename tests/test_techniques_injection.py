@@ -3,24 +3,13 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_pulse_support import PROMPT, SD_CFG, XL_CFG, Recorder, generate
+from test_pulse_support import PROMPT, Recorder, generate
 
 from pulse_plugin import pulse as pulse_module
-from pulse_plugin import tiny
 from pulse_plugin.pulse import Pulse
 from pulse_plugin.techniques import MultiScaleInjector
 
 OTHER = "a large green castle with two dogs on the top"  # longer than PROMPT
-
-
-@pytest.fixture(scope="module")
-def pipe(sd):
-    return tiny.build_pipeline(sd, SD_CFG)
-
-
-@pytest.fixture(scope="module")
-def xl(sd):
-    return tiny.build_pipeline(sd, XL_CFG)
 
 
 def broadcast(e, n):

@@ -3,21 +3,11 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_pulse_support import SD_CFG, XL_CFG, Recorder, generate
+from test_pulse_support import Recorder, generate
 
-from pulse_plugin import masks, tiny
+from pulse_plugin import masks
 from pulse_plugin.pulse import Pulse
 from pulse_plugin.techniques.regional import region_weights
-
-
-@pytest.fixture(scope="module")
-def pipe(sd):
-    return tiny.build_pipeline(sd, SD_CFG)
-
-
-@pytest.fixture(scope="module")
-def xl(sd):
-    return tiny.build_pipeline(sd, XL_CFG)
 
 
 def test_masks_resize_in_two_dimensions_by_area():

@@ -3,23 +3,13 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_pulse_support import PROMPT, SD_CFG, XL_CFG, ProbRecorder, Recorder, generate
+from test_pulse_support import PROMPT, ProbRecorder, Recorder, generate
 
-from pulse_plugin import attention, tiny
+from pulse_plugin import attention
 from pulse_plugin.masks import half, resize
 from pulse_plugin.pulse import Pulse, PulseError
 
 SITE = "down.1.0.0"
-
-
-@pytest.fixture(scope="module")
-def pipe(sd):
-    return tiny.build_pipeline(sd, SD_CFG)
-
-
-@pytest.fixture(scope="module")
-def xl(sd):
-    return tiny.build_pipeline(sd, XL_CFG)
 
 
 def probs_of(p, setup=None, site=SITE, steps=1):

@@ -2,23 +2,12 @@
 
 import numpy as np
 import pytest
-from test_pulse_support import SD_CFG, XL_CFG, ProbRecorder, Recorder, generate
+from test_pulse_support import ProbRecorder, Recorder, generate
 
-from pulse_plugin import tiny
 from pulse_plugin.masks import half, resize
 from pulse_plugin.pulse import Pulse
 
 SITE = "down.0.0.0"
-
-
-@pytest.fixture(scope="module")
-def pipe(sd):
-    return tiny.build_pipeline(sd, SD_CFG)
-
-
-@pytest.fixture(scope="module")
-def xl(sd):
-    return tiny.build_pipeline(sd, XL_CFG)
 
 
 def self_probs(p, setup=None, site=SITE):
