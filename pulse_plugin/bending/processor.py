@@ -21,7 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import tokens
-from ..chain import Call, Link, Next, SiteChain
+from ..chain import Call, Link, Next
 from . import transforms as T
 from .config import BendConfig, BendingSettings, ConfigError, parse_prompt
 
@@ -325,36 +325,16 @@ class Bender:
 def install(
     pipe, links: Dict[Tuple[str, str], Link], name: str, observer=None
 ) -> Iterator[None]:
-    """Add links to the sites' SiteChains (creating them), enable the hooks; restore on exit."""
-    hooks = pipe.unet.hooks
-    saved = (hooks.enabled, dict(hooks.processors), list(hooks.observers))
-    added: List[Tuple[SiteChain, Tuple[str, Link]]] = []
-    try:
-        for (block_id, kind), link in links.items():
-            chain = hooks.processors.get((block_id, kind))
-            if chain is None:
-                chain = SiteChain()
-                hooks.register(block_id, kind, chain)
-            elif not isinstance(chain, SiteChain):
-                raise ValueError(
-                    f"{block_id} {kind}: a processor that is not a SiteChain is registered"
-                )
-            chain.add(name, link)
-            added.append((chain, chain.links[-1]))
+    """Add links on their sites through a Pulse (and a step observer); restore on exit."""
+    from ..pulse import Pulse
+
+    pulse = Pulse(pipe)
+    for (block_id, kind), link in links.items():
+        pulse.add_link(block_id, kind, link, name=name)
+    with pulse:
         if observer is not None:
-            hooks.observers.append(observer)
-        hooks.enabled = True
+            pipe.unet.hooks.observers.append(observer)
         yield
-    finally:
-        for chain, entry in added:
-            if entry in chain.links:
-                chain.links.remove(entry)
-        hooks.enabled = saved[0]
-        hooks.processors.clear()
-        hooks.processors.update(saved[1])
-        hooks.observers[:] = saved[2]
-        if not hooks.enabled:
-            hooks.step = None
 
 
 def generate(
