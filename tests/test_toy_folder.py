@@ -87,3 +87,36 @@ def test_non_epsilon_scheduler_is_refused(sd, saved):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="epsilon"):
         folder.load_pipeline(path, sd)
+
+
+def test_sdxl_folder_round_trip(sd, tmp_path):
+    from pulse_plugin import tiny
+
+    cfg = tiny.TinyConfig(sdxl=True, seed=2)
+    pipe = tiny.build_pipeline(sd, cfg)
+    n_vocab = len(pipe.tokenizer_1.vocab)
+
+    def text_cfg(projection):
+        return sd.config.CLIPTextModelConfig(
+            num_layers=cfg.text_layers,
+            model_dims=cfg.text_dims,
+            num_heads=cfg.heads,
+            vocab_size=n_vocab,
+            projection_dim=cfg.text_dims if projection else None,
+        )
+
+    vae_cfg = sd.config.AutoencoderConfig(
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        norm_num_groups=cfg.norm_groups,
+    )
+    unet_cfg = tiny._unet_config(sd, cfg, 2 * cfg.text_dims)
+    path = folder.save_pipeline(
+        pipe, tmp_path / "xl", unet_cfg, (text_cfg(False), text_cfg(True)), vae_cfg, 16
+    )
+    loaded = folder.load_pipeline(path, sd)
+    assert type(loaded) is sd.StableDiffusionXL
+    for name in ("unet", "text_encoder_1", "text_encoder_2", "autoencoder"):
+        a, b = _params(getattr(pipe, name)), _params(getattr(loaded, name))
+        assert a.keys() == b.keys(), name
+        assert all(mx.array_equal(a[k], b[k]).item() for k in a), name

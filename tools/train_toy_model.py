@@ -32,6 +32,11 @@ def main(argv=None) -> int:
     parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
     parser.add_argument("--batch", type=int, default=defaults.unet_batch)
     parser.add_argument("--lr", type=float, default=defaults.unet_lr)
+    parser.add_argument(
+        "--vae-from",
+        type=Path,
+        help="reuse the autoencoder of an earlier run (same seed) instead of stage 1",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -61,7 +66,7 @@ def main(argv=None) -> int:
 
     start = time.time()
     sd = upstream.load(patched=True)
-    pipe, configs, log = train.train(sd, cfg, report)
+    pipe, configs, log = train.train(sd, cfg, report, args.vae_from)
     folder.save_pipeline(
         pipe, args.out, configs.unet, configs.text, configs.vae, cfg.image_size
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -42,10 +43,11 @@ class ToyConfig:
     vae_channels: Tuple[int, ...] = (16, 32, 32)
     vae_layers: int = 1
     latent_channels: int = 4
-    vae_steps: int = 250
-    vae_batch: int = 24
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-4
+    vae_steps: int = 700
+    vae_batch: int = 16
+    vae_lr: float = 3e-3
+    kl_weight: float = 1e-5
+    object_weight: float = 5.0  # pixel-loss weight of the shapes vs background
     # UNet and text encoder
     unet_channels: Tuple[int, ...] = (64, 96)
     unet_layers: int = 1
@@ -53,9 +55,10 @@ class ToyConfig:
     text_dims: int = 64
     text_layers: int = 2
     norm_groups: int = 8
-    unet_steps: int = 800
-    unet_batch: int = 32
-    unet_lr: float = 1e-3
+    unet_steps: int = 1500
+    unet_batch: int = 16
+    unet_lr: float = 1.5e-3
+    high_noise_frac: float = 0.5  # share of timesteps drawn from [500, 1000]
     warmup: int = 50
     caption_dropout: float = 0.1
     ema: float = 0.99
@@ -151,9 +154,13 @@ def train_vae(
     data = mx.array(images * 2 - 1)
     opt = optim.Adam(learning_rate=_schedule(cfg.vae_lr, cfg.vae_steps, cfg.warmup))
 
+    background = mx.array(np.asarray(shapes.BACKGROUND, np.float32) * 2 - 1)
+
     def loss_fn(model, x, k):
         out = model(x, key=k)
-        rec = ((out["x_hat"] - x) ** 2).mean()
+        obj = (mx.abs(x - background).max(axis=-1, keepdims=True) > 0.1).astype(x.dtype)
+        err = (out["x_hat"] - x) ** 2
+        rec = (err * (1 + (cfg.object_weight - 1) * obj)).mean()
         kl = 0.5 * (out["mean"] ** 2 + out["logvar"].exp() - 1 - out["logvar"]).mean()
         return rec + cfg.kl_weight * kl, rec
 
@@ -237,7 +244,12 @@ def train_unet(
             idx = np.array(pool)[rng.integers(0, len(pool), cfg.unet_batch)]
         rows = [empty if rng.random() < cfg.caption_dropout else tokens[i] for i in idx]
         tok = mx.array(_pad(rows, int(rng.integers(0, 3))))
-        t_np = rng.uniform(0, len(sigmas) - 1, cfg.unet_batch)
+        t_max = len(sigmas) - 1
+        t_np = np.where(
+            rng.random(cfg.unet_batch) < cfg.high_noise_frac,
+            rng.uniform(t_max / 2, t_max, cfg.unet_batch),
+            rng.uniform(0, t_max, cfg.unet_batch),
+        )
         s_np = np.interp(t_np, np.arange(len(sigmas)), sigmas)
         key, k = mx.random.split(key)
         noise = mx.random.normal((cfg.unet_batch,) + latents.shape[1:], key=k)
@@ -264,15 +276,30 @@ def train_unet(
 
 
 def train(
-    sd: ModuleType, cfg: ToyConfig, report: Optional[Report] = None
+    sd: ModuleType,
+    cfg: ToyConfig,
+    report: Optional[Report] = None,
+    vae_from=None,
 ) -> Tuple[object, Configs, Dict[str, object]]:
-    """Build and train the whole toy model; returns (pipe, configs, log)."""
+    """Build and train the whole toy model; returns (pipe, configs, log).
+
+    ``vae_from``: a model folder whose autoencoder (trained by an earlier run
+    with the same seed and autoencoder settings) replaces stage 1.
+    """
     t0 = time.time()
     pipe, configs = build(sd, cfg)
     images, captions, _ = shapes.make_dataset(
         cfg.n_images, cfg.seed, cfg.two_object_prob, cfg.image_size
     )
-    vae_losses = train_vae(pipe.autoencoder, images, cfg, report)
+    if vae_from is None:
+        vae_losses = train_vae(pipe.autoencoder, images, cfg, report)
+    else:
+        from . import folder
+
+        trained = folder.load_autoencoder(sd, Path(vae_from) / "vae")
+        trained.scaling_factor = 1.0
+        pipe.autoencoder = trained
+        vae_losses = [float("nan")]
     t1 = time.time()
     latents = encode_all(pipe.autoencoder, images)
     scale = float(1.0 / latents.std())
