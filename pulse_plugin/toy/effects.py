@@ -1,0 +1,489 @@
+"""Measure what a technique does to the toy model's images, as numbers.
+
+The measures are pure functions on decoded images ``(H, W, 3)`` or batches
+``(N, H, W, 3)`` in [0, 1] (and on attention maps ``(H, W)``); the runners
+below them generate batches on a pipeline with a technique switched on, so
+the tests (``tests/test_effects.py``) and ``tools/measure_effects.py`` share
+one definition of each effect.
+
+Colour is measured on the drawn (foreground) pixels, as a channel contrast:
+``score(blue) = B - (R + G) / 2`` is 0.67 for the palette's blue and -0.37
+for its red; position as the foreground's centroid in fractions of the image
+(x right, y down).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import quality, shapes
+
+# --------------------------------------------------------------- pure measures
+
+_CONTRASTS = {
+    "red": np.array([1.0, -0.5, -0.5], np.float32),
+    "green": np.array([-0.5, 1.0, -0.5], np.float32),
+    "blue": np.array([-0.5, -0.5, 1.0], np.float32),
+    "yellow": np.array([0.5, 0.5, -1.0], np.float32),
+}
+
+
+def _batch(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    return images[None] if images.ndim == 3 else images
+
+
+def half_mask(side: str, size: int) -> np.ndarray:
+    """(size, size) boolean mask of the left/right/top/bottom half of the image."""
+    return quality.half_region(side, size)
+
+
+def colour_score(
+    image: np.ndarray, colour: str, region: Optional[np.ndarray] = None
+) -> float:
+    """Mean channel contrast for colour over the drawn pixels (in region); NaN if none.
+
+    The palette's own colour scores about +0.7, the others between -0.7 and 0.1;
+    the background (grey) would score 0 but is excluded by the foreground mask.
+    """
+    image = np.asarray(image, np.float32)
+    mask = quality.foreground(image)
+    if region is not None:
+        mask &= region
+    if mask.sum() < quality.MIN_PIXELS:
+        return float("nan")
+    return float((image[mask] @ _CONTRASTS[colour]).mean())
+
+
+def colour_scores(
+    images: np.ndarray, colour: str, region: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """colour_score of every image of a batch (N,)."""
+    return np.array([colour_score(im, colour, region) for im in _batch(images)])
+
+
+def colour_fraction(
+    images: np.ndarray, colour: str, region: Optional[np.ndarray] = None
+) -> float:
+    """Fraction of images whose drawn pixels (in region) classify as colour."""
+    hits = [quality.classify(im, region).colour == colour for im in _batch(images)]
+    return float(np.mean(hits))
+
+
+def centroid(image: np.ndarray) -> Tuple[float, float]:
+    """(x, y) of the drawn pixels as fractions of the image size; NaN if none."""
+    image = np.asarray(image, np.float32)
+    mask = quality.foreground(image)
+    if mask.sum() < quality.MIN_PIXELS:
+        return float("nan"), float("nan")
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return float((xs.mean() + 0.5) / w), float((ys.mean() + 0.5) / h)
+
+
+def centroids(images: np.ndarray) -> np.ndarray:
+    """(N, 2) centroids (x, y) of a batch."""
+    return np.array([centroid(im) for im in _batch(images)])
+
+
+def foreground_fraction(
+    images: np.ndarray, region: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """(N,) fraction of each image's drawn pixels that lie inside region."""
+    out = []
+    for im in _batch(images):
+        fg = quality.foreground(im)
+        total = fg.sum()
+        inside = (fg & region).sum() if region is not None else total
+        out.append(inside / total if total else float("nan"))
+    return np.array(out, np.float64)
+
+
+def map_centroid(m: np.ndarray) -> Tuple[float, float]:
+    """(x, y) of an attention map's mass (its minimum subtracted), fractions of its size."""
+    m = np.asarray(m, np.float64)
+    m = m - m.min()
+    total = m.sum()
+    if total <= 0:
+        return 0.5, 0.5
+    h, w = m.shape
+    xs = (np.arange(w) + 0.5) / w
+    ys = (np.arange(h) + 0.5) / h
+    return float((m.sum(0) * xs).sum() / total), float((m.sum(1) * ys).sum() / total)
+
+
+def map_mass(m: np.ndarray, region: np.ndarray) -> float:
+    """Share of an attention map's mass inside a boolean region of the same shape."""
+    m = np.asarray(m, np.float64)
+    return float(m[region].sum() / max(m.sum(), 1e-12))
+
+
+def summary(values: Sequence[float]) -> Tuple[float, float]:
+    """(mean, standard deviation) ignoring NaNs."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std())
+
+
+# --------------------------------------------------------------- generation
+
+STEPS = 12
+CFG = 5.0
+
+
+def model_path(path=None):
+    """path, else $PULSE_TOY_MODEL, else the committed toy model's folder."""
+    import os
+    from pathlib import Path
+
+    from . import default_model_path
+
+    return Path(path or os.environ.get("PULSE_TOY_MODEL") or default_model_path())
+
+
+def load_toy(path=None, sd_module=None):
+    """The toy model (see model_path) in upstream's patched StableDiffusion."""
+    from . import folder
+
+    return folder.load_pipeline(model_path(path), sd_module)
+
+
+def generate(
+    pipe,
+    prompt: str,
+    n: int,
+    seed: int,
+    steps: int = STEPS,
+    cfg: float = CFG,
+    setup: Optional[Callable] = None,
+    on_step: Optional[Callable] = None,
+) -> np.ndarray:
+    """n images (n, H, W, 3) of prompt; setup(stack) enters techniques for this run.
+
+    ``setup`` gets an ``ExitStack`` and enters whatever context managers the
+    technique needs (a Pulse, a Bender, a Recorder); ``on_step()`` returns
+    extra lazy arrays to evaluate with each step's latents.
+    """
+    import mlx.core as mx
+
+    from . import folder
+
+    size = folder.latent_size(pipe, shapes.SIZE)
+    x = None
+    with ExitStack() as stack:
+        if setup is not None:
+            setup(stack)
+        for x in pipe.generate_latents(
+            prompt,
+            n_images=n,
+            num_steps=steps,
+            cfg_weight=cfg,
+            latent_size=size,
+            seed=seed,
+        ):
+            extra = on_step() if on_step is not None else []
+            mx.eval(x, *extra)
+    images = pipe.decode(x)
+    mx.eval(images)
+    return np.array(images.astype(mx.float32))
+
+
+def with_pulse(pipe, prompt: str, configure: Callable) -> Callable:
+    """A setup for generate(): a Pulse on prompt, configured by configure(pulse)."""
+    from ..pulse import Pulse
+
+    def setup(stack: ExitStack) -> None:
+        pulse = Pulse(pipe, prompt=prompt)
+        configure(pulse)
+        stack.enter_context(pulse)
+
+    return setup
+
+
+def with_bends(pipe, prompt: str, bends: Sequence) -> Callable:
+    """A setup for generate(): BendConfigs applied to the output (not recorded)."""
+    from ..bending.config import BendingSettings
+    from ..bending.processor import Bender
+
+    def setup(stack: ExitStack) -> None:
+        settings = BendingSettings(list(bends), apply_to_output=True, record=False)
+        stack.enter_context(Bender(pipe, prompt, settings))
+
+    return setup
+
+
+def word_map(pipe, prompt: str, recorder, word: str) -> np.ndarray:
+    """The recorder's step-averaged map of word (its tokens summed), (S, S)."""
+    from ..tokens import find_phrase_pipeline
+
+    mean = recorder.mean_maps()
+    return mean[find_phrase_pipeline(pipe, prompt, word)].sum(0)
+
+
+def captured(
+    pipe, prompt: str, n: int, seed: int, steps: int = STEPS, cfg: float = CFG
+):
+    """(images, recorder): a plain run with capture recording every cross-attention site."""
+    from ..capture.recorder import Recorder
+    from . import folder
+
+    recorder = Recorder(pipe, folder.latent_size(pipe, shapes.SIZE))
+
+    def setup(stack: ExitStack) -> None:
+        stack.enter_context(recorder)
+
+    images = generate(
+        pipe, prompt, n, seed, steps, cfg, setup=setup, on_step=recorder.arrays
+    )
+    return images, recorder
+
+
+# --------------------------------------------------------------- experiments
+# Each experiment generates the baseline and the technique(s) with the same
+# seed and returns per-image numbers: {name: (N,) array}. The tests assert on
+# them; tools/measure_effects.py prints their means over several seeds.
+
+RED_LEFT = "a red circle on the left"
+BLUE_LEFT = "a blue circle on the left"
+RED_CENTRE = "a red square in the centre"
+BLUE_CENTRE = "a blue square in the centre"
+CIRCLE_CENTRE = "a red circle in the centre"
+
+
+def blueness(images: np.ndarray, region: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N,) blue-minus-red contrast of the drawn pixels: score(blue) - score(red)."""
+    return colour_scores(images, "blue", region) - colour_scores(images, "red", region)
+
+
+class Runs:
+    """Generate-once cache of (prompt, technique name) -> images for one seed and size."""
+
+    def __init__(self, pipe, n: int, seed: int, steps: int = STEPS, cfg: float = CFG):
+        self.pipe, self.n, self.seed, self.steps, self.cfg = pipe, n, seed, steps, cfg
+        self._done: Dict[Tuple[str, str], np.ndarray] = {}
+
+    def get(self, prompt: str, name: str = "baseline", setup=None) -> np.ndarray:
+        key = (prompt, name)
+        if key not in self._done:
+            self._done[key] = generate(
+                self.pipe, prompt, self.n, self.seed, self.steps, self.cfg, setup
+            )
+        return self._done[key]
+
+    def pulse(self, prompt: str, name: str, configure: Callable) -> np.ndarray:
+        return self.get(prompt, name, with_pulse(self.pipe, prompt, configure))
+
+    def bends(self, prompt: str, name: str, bends: Sequence) -> np.ndarray:
+        return self.get(prompt, name, with_bends(self.pipe, prompt, bends))
+
+
+# Technique settings the experiments use (shared by the tests and the tool).
+PARTIAL_BLOCKS = "mid"  # injection into some blocks only
+EMPTY_WINDOW = (1e-3, 0.0)  # below every sigma the sampler visits: never fires
+BEND_TOKENS = ("red",)
+BEND_SHIFT = 0.5  # translate by half the image width
+
+
+def injection(runs: Runs) -> Dict[str, np.ndarray]:
+    """Blueness of "a red circle on the left" with "a blue circle on the left" injected.
+
+    Keys: baseline, all blocks, PARTIAL_BLOCKS (blueness per image) and
+    ``empty window identical`` (one 0/1 value: bit-identical to the baseline).
+    """
+    import warnings
+
+    base = runs.get(RED_LEFT)
+    full = runs.pulse(RED_LEFT, "inject all", lambda p: p.inject("all", BLUE_LEFT))
+    part = runs.pulse(
+        RED_LEFT, "inject partial", lambda p: p.inject(PARTIAL_BLOCKS, BLUE_LEFT)
+    )
+    lo, hi = EMPTY_WINDOW[1], EMPTY_WINDOW[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the window is meant to match no step
+        empty = runs.pulse(
+            RED_LEFT,
+            "inject empty window",
+            lambda p: p.inject("all", BLUE_LEFT, sigma_start=hi, sigma_end=lo),
+        )
+    return {
+        "baseline": blueness(base),
+        "all blocks": blueness(full),
+        PARTIAL_BLOCKS: blueness(part),
+        "empty window identical": np.array([float(np.array_equal(empty, base))]),
+    }
+
+
+def regional(runs: Runs) -> Dict[str, np.ndarray]:
+    """Blueness per half of "a red square in the centre", "a blue square ..." on the left only."""
+    size = runs.get(RED_CENTRE).shape[1]
+    left, right = half_mask("left", size), half_mask("right", size)
+    base = runs.get(RED_CENTRE)
+    reg = runs.pulse(
+        RED_CENTRE, "regional left", lambda p: p.regional(BLUE_CENTRE, "left")
+    )
+    return {
+        "baseline left": blueness(base, left),
+        "baseline right": blueness(base, right),
+        "regional left": blueness(reg, left),
+        "regional right": blueness(reg, right),
+    }
+
+
+def token_weights(runs: Runs) -> Dict[str, np.ndarray]:
+    """Redness of "a red circle on the left": baseline, "red" masked, "red" up-weighted x3."""
+    base = runs.get(RED_LEFT)
+    masked = runs.pulse(RED_LEFT, "mask red", lambda p: p.mask_tokens("red"))
+    up = runs.pulse(RED_LEFT, "reweight red 3", lambda p: p.reweight("red", 3.0))
+    return {
+        "baseline": colour_scores(base, "red"),
+        "masked": colour_scores(masked, "red"),
+        "up-weighted x3": colour_scores(up, "red"),
+    }
+
+
+def bending(runs: Runs) -> Dict[str, np.ndarray]:
+    """Where the colour goes when the colour word's map is bent (applied, all sites).
+
+    On "a red circle on the left": ``red R-L`` is redness of the right half's
+    drawn pixels minus the left half's (per image); translate (dx = +0.5) and
+    flip should raise it, regional_mask to the left half should lower it. The
+    object's centroid x (fractions of the width) is reported too.
+    """
+    from ..bending.config import BendConfig
+
+    size = runs.get(RED_LEFT).shape[1]
+    left, right = half_mask("left", size), half_mask("right", size)
+
+    def bends(mode, **kw):
+        return [BendConfig(t, mode, **kw) for t in BEND_TOKENS]
+
+    def r_minus_l(images):
+        return colour_scores(images, "red", right) - colour_scores(images, "red", left)
+
+    out = {}
+    cases = (
+        ("baseline", None),
+        ("translate", bends("translate", dx=BEND_SHIFT)),
+        ("flip", bends("flip", flip="horizontal")),
+        ("regional_mask left", bends("regional_mask", region=(0, 0, 0.5, 1))),
+    )
+    for name, b in cases:
+        images = runs.get(RED_LEFT) if b is None else runs.bends(RED_LEFT, name, b)
+        out[f"{name}: red R-L"] = r_minus_l(images)
+    for name, _ in cases:
+        images = runs.get(RED_LEFT, name) if name != "baseline" else runs.get(RED_LEFT)
+        out[f"{name}: object x"] = centroids(images)[:, 0]
+    return out
+
+
+def capture(
+    runs: Runs, words: Sequence[str] = ("red", "circle")
+) -> Dict[str, np.ndarray]:
+    """How much more a word's recorded map weighs on the drawn object than off it.
+
+    One image per run (the recorder averages the batch's rows), four runs with
+    seeds ``1000 * seed + i``: for each word, mean map value on the image's drawn
+    pixels / mean value elsewhere (map upsampled to the image, nearest). 1 means
+    no relation; the drawn object's share of the image is reported too.
+    """
+    from . import quality
+
+    out: Dict[str, list] = {f"{w}: on/off object": [] for w in words}
+    out["object area"] = []
+    for i in range(min(runs.n, 4)):
+        images, rec = captured(
+            runs.pipe, RED_LEFT, 1, 1000 * runs.seed + i, runs.steps, runs.cfg
+        )
+        fg = quality.foreground(images[0])
+        out["object area"].append(fg.mean())
+        for w in words:
+            m = word_map(runs.pipe, RED_LEFT, rec, w)
+            k = fg.shape[0] // m.shape[0]
+            up = np.kron(m, np.ones((k, k)))
+            ratio = (
+                up[fg].mean() / up[~fg].mean() if fg.any() and (~fg).any() else np.nan
+            )
+            out[f"{w}: on/off object"].append(ratio)
+    return {k: np.array(v, np.float64) for k, v in out.items()}
+
+
+# --------------------------------------------------------------- LoRA
+
+LORA_STEPS = 40
+LORA_LR = 3e-3
+
+
+def recolour_dataset(folder, n: int = 24, seed: int = 0):
+    """n images of blue circles captioned "a red circle <position>" (png + txt files)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        position = shapes.POSITIONS[i % len(shapes.POSITIONS)]
+        image = shapes.render([shapes.Obj("blue", "circle", position)], rng)
+        shapes.to_pil(image).save(folder / f"{i:02d}.png")
+        caption = shapes.caption([shapes.Obj("red", "circle", position)])
+        (folder / f"{i:02d}.txt").write_text(caption + "\n")
+    return folder
+
+
+def train_recolour_lora(
+    pipe, out, steps: int = LORA_STEPS, lr: float = LORA_LR, seed: int = 0
+):
+    """Train a rank-4 attention LoRA that draws "red circle" captions blue; its TrainResult."""
+    import tempfile
+    from pathlib import Path
+
+    from ..lora import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = recolour_dataset(Path(tmp) / "data", seed=seed)
+        config = train.TrainConfig(
+            output=str(out),
+            rank=4,
+            learning_rate=lr,
+            steps=steps,
+            batch_size=8,
+            resolution=shapes.SIZE,
+            seed=seed,
+            targets=("attn",),
+            base_model="pulse_plugin toy model",
+            progress=False,
+        )
+        return train.train(pipe, data, config)
+
+
+def lora(runs: Runs, lora_file) -> Dict[str, np.ndarray]:
+    """Blueness of "a red circle on the left" without, with (weight 1) and at 0.5 of the LoRA."""
+    from ..lora import adapters, io
+
+    base = runs.get(RED_LEFT)
+    adapter = io.load_lora(lora_file)
+    adapters.apply(runs.pipe, [adapter], [1.0])
+    try:
+        full = generate(runs.pipe, RED_LEFT, runs.n, runs.seed, runs.steps, runs.cfg)
+        adapters.set_weights(runs.pipe, {adapter.name: 0.5})
+        half = generate(runs.pipe, RED_LEFT, runs.n, runs.seed, runs.steps, runs.cfg)
+    finally:
+        adapters.remove(runs.pipe)
+    return {
+        "baseline": blueness(base),
+        "weight 1": blueness(full),
+        "weight 0.5": blueness(half),
+    }
+
+
+EXPERIMENTS = {
+    "injection": injection,
+    "regional": regional,
+    "token weights": token_weights,
+    "bending": bending,
+    "capture": capture,
+}
