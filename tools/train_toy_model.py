@@ -33,6 +33,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=defaults.unet_batch)
     parser.add_argument("--lr", type=float, default=defaults.unet_lr)
     parser.add_argument(
+        "--loss-weight",
+        choices=("x0clip", "v", "eps"),
+        default=defaults.loss_weight,
+        help="weight of the epsilon error over noise levels (see train.py)",
+    )
+    parser.add_argument("--weight-clip", type=float, default=defaults.weight_clip)
+    parser.add_argument(
         "--vae-from",
         type=Path,
         help="reuse the autoencoder of an earlier run (same seed) instead of stage 1",
@@ -47,6 +54,8 @@ def main(argv=None) -> int:
         unet_steps=args.unet_steps,
         unet_batch=args.batch,
         unet_lr=args.lr,
+        loss_weight=args.loss_weight,
+        weight_clip=args.weight_clip,
     )
     from tqdm import tqdm
 
