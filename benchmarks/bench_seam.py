@@ -11,7 +11,9 @@ printed and written as JSON.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -66,6 +68,17 @@ def run(patched, inputs, mode):
     return patched(*inputs[:2], encoder_x=inputs[2])
 
 
+def graph_build_times(variants, repeats: int):
+    """Median seconds to build each variant's lazy graph (nothing is evaluated)."""
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,6 +88,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved rounds (default 5)"
+    )
+    parser.add_argument(
+        "--build-repeats", type=int, default=200, help="graph-build timings per variant"
     )
     parser.add_argument(
         "--json",
@@ -90,11 +106,17 @@ def main(argv=None) -> int:
         "identity processors": lambda: run(patched, inputs, "identity"),
         "empty plugin chains": lambda: run(patched, inputs, "chain"),
     }
+    build_times = graph_build_times(variants, repeats=args.build_repeats)
     medians, samples = interleave(variants, rounds=args.rounds)
     print(
         f"UNet forward, SD-2.1 size, batch 2, 77 tokens, latent {args.latent}x{args.latent}; {machine()}"
     )
     print(table(medians, "plain upstream", GOALS))
+    print()
+    print(
+        "Building the forward graph only (Python side, no evaluation): the part the seam can add to"
+    )
+    print(table(build_times, "plain upstream"))
     write_json(
         Path(args.json),
         {
