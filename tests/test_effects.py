@@ -17,6 +17,10 @@ measured effect; re-measure when the committed model changes.
 ``blueness`` = score(blue) - score(red) of the drawn pixels, where
 score(c) is the colour's channel contrast (B - (R + G) / 2 for blue):
 about -1.1 for the palette's red, +1.1 for its blue.
+On the committed model (run 4: colour 57.8%, position 50.8% on the quality
+bar's samples) injection, regional injection and LoRA pass with these
+thresholds; token masking / up-weighting of the colour word show no effect
+(xfail, numbers in the tests), nor do bending and capture (no spatial layout).
 ``$PULSE_TOY_MODEL`` points the tests at another model folder.
 """
 
@@ -105,16 +109,30 @@ def token_weights(runs):
     return E.token_weights(runs)
 
 
+COLOUR_IN_LATER_TOKENS = (
+    "committed toy model (run 4): the colour reaches the UNet through the tokens after "
+    "the colour word (CLIP is causal) and red is its default colour, so the colour "
+    "word's own attention carries no measurable colour (numbers in the test)"
+)
+
+
+@pytest.mark.xfail(reason=COLOUR_IN_LATER_TOKENS, strict=False)
 def test_masking_the_colour_word_removes_the_colour(token_weights):
-    # redness of "a red circle on the left": 0.231 -> 0.095 with "red" masked
-    # (drop 0.136; per seed 0.133 0.144 0.130 0.134); threshold half
+    # interim model (run 1), seeds 0-3: redness of "a red circle on the left"
+    # 0.231 -> 0.095 with "red" masked (drop 0.136; per seed 0.133 0.144 0.130
+    # 0.134); threshold half. Committed model (run 4), seed 0: 0.614 -> 0.613;
+    # blueness of "a blue circle on the left", seeds 0-3: 0.673 0.676 0.676
+    # 0.658 -> 0.679 0.678 0.675 0.652 with "blue" masked.
     base, masked = token_weights["baseline"], token_weights["masked"]
     assert mean(base) - mean(masked) > 0.068
     assert (masked < base).mean() >= 0.75
 
 
+@pytest.mark.xfail(reason=COLOUR_IN_LATER_TOKENS, strict=False)
 def test_up_weighting_the_colour_word_strengthens_it(token_weights):
-    # 0.231 -> 0.388 with "red" x3 (gain 0.157; per seed 0.119 0.193 0.158 0.158)
+    # interim model: 0.231 -> 0.388 with "red" x3 (gain 0.157; per seed 0.119
+    # 0.193 0.158 0.158). Committed model: blueness with "blue" x3, seeds 0-3:
+    # 0.659 0.670 0.675 0.654 (baseline above): no gain.
     base, up = token_weights["baseline"], token_weights["up-weighted x3"]
     assert mean(up) - mean(base) > 0.078
     assert (up > base).mean() >= 0.75
