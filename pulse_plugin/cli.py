@@ -128,12 +128,8 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
     from .recipe import apply_to
 
     bends = bending_settings(recipe)
-    prompt = s.prompt
-    if bends is not None:
-        from .bending.config import parse_prompt
-
-        prompt = parse_prompt(s.prompt)[0]
-    clean = replace(s, prompt=prompt)
+    clean = baseline_settings(s, recipe)
+    prompt = clean.prompt
     with Pulse(pipe, prompt=prompt, num_steps=s.steps) as pulse:
         done = apply_to(pulse, recipe)
         bender = None
@@ -148,6 +144,15 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
         if bender is not None:
             bender.flush()
     return image, done
+
+
+def baseline_settings(s: Settings, recipe: Recipe) -> Settings:
+    """The settings without techniques: bendable words lose their parentheses."""
+    if not recipe.techniques.get("bend"):
+        return s
+    from .bending.config import parse_prompt
+
+    return replace(s, prompt=parse_prompt(s.prompt)[0])
 
 
 def bending_settings(recipe: Recipe):
@@ -315,7 +320,7 @@ def cmd_generate(args) -> int:
     for line in done:
         print(f"  {line}")
     if args.compare:
-        base = generate(pipe, s, "baseline")
+        base = generate(pipe, baseline_settings(s, rec), "baseline")
         grid = side_by_side(
             [base, image], ["baseline", "with techniques"], scale=display_scale(s.size)
         )
@@ -335,10 +340,18 @@ def cmd_blocks(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
+    from .toy import default_model_path
 
     pipe, path = load_model(args.model)
     size = default_size(pipe, path)
-    index = run_demo(pipe, Path(args.out), size, steps=args.steps, seed=args.seed)
+    index = run_demo(
+        pipe,
+        Path(args.out),
+        size,
+        steps=args.steps,
+        seed=args.seed,
+        lora_steps=args.lora_steps if path == default_model_path() else 0,
+    )
     print(f"wrote {index}")
     return 0
 
@@ -443,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="'toy' (default) or a diffusers-layout folder")
     d.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument(
+        "--lora-steps",
+        type=int,
+        default=40,
+        help="train the demo's recolouring LoRA this many steps on the toy model (0: skip)",
+    )
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser(

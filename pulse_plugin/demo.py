@@ -77,6 +77,29 @@ DEMOS: List[Demo] = [
         {"region": [{"prompt": "a blue square", "mask": "left", "weight": 1.0}]},
     ),
     Demo(
+        "bend-flip",
+        "Attention bending: flip",
+        "a red (circle) on the left",
+        "The cross-attention map of 'circle' is flipped left-right at every site (apply phase, "
+        "strength 1, renormalised).",
+        {"bend": [{"token": "circle", "mode": "flip", "flip": "horizontal"}]},
+    ),
+    Demo(
+        "bend-translate",
+        "Attention bending: translate",
+        "a red (circle) on the left",
+        "The map of 'circle' is shifted right by half the map's width.",
+        {"bend": [{"token": "circle", "mode": "translate", "dx": 0.5}]},
+    ),
+    Demo(
+        "capture",
+        "Attention capture",
+        "a blue square on the right",
+        "The real cross-attention probabilities are recorded (the image is unchanged, bit for "
+        "bit): per-token heat maps, a grid, an evolution GIF and metadata in capture/.",
+        {"capture": [{"dir": "capture"}]},
+    ),
+    Demo(
         "self-attention",
         "Self-attention control",
         "a yellow circle on the left",
@@ -95,6 +118,26 @@ DEMOS: List[Demo] = [
 ]
 
 
+def lora_demo(pipe, out: Path, steps: int) -> Demo:
+    """Train a small recolouring LoRA on the toy model (blue circles captioned red) for the demo."""
+    from .toy.effects import train_recolour_lora
+
+    path = out / "recolour-lora.safetensors"
+    print(
+        f"  training a rank-4 LoRA for {steps} steps (blue circles captioned 'red') ..."
+    )
+    train_recolour_lora(pipe, path, steps=steps)
+    return Demo(
+        "lora",
+        "LoRA: a recolouring adapter at weight 0.5 and 1",
+        "a red circle on the left",
+        f"A rank-4 attention LoRA trained here for {steps} steps on blue circles captioned "
+        "'a red circle ...', applied as a runtime adapter at weight 1 (right); "
+        f"the file is {path.name}.",
+        {"lora": [{"path": str(path), "weight": 1.0}]},
+    )
+
+
 def _tile_html(name: str, demo: Demo, done: List[str], seconds: float) -> str:
     config = json.dumps(demo.recipe, indent=2)
     return (
@@ -102,26 +145,48 @@ def _tile_html(name: str, demo: Demo, done: List[str], seconds: float) -> str:
         f"<p>{html.escape(demo.what)}</p>"
         f"<p>prompt: <code>{html.escape(demo.prompt)}</code> ({seconds:.1f} s)</p>"
         f'<img src="{name}.png" alt="{html.escape(demo.title)}">'
-        f"<pre>{html.escape(config)}</pre></section>"
+        + (
+            '<p><a href="capture/index.html">the attention gallery</a></p>'
+            if "capture" in demo.recipe
+            else ""
+        )
+        + f"<pre>{html.escape(config)}</pre></section>"
     )
 
 
 def run_demo(
-    pipe, out: Path, size: int, steps: int = 20, seed: int = 0, demos: List[Demo] = None
+    pipe,
+    out: Path,
+    size: int,
+    steps: int = 20,
+    seed: int = 0,
+    demos: List[Demo] = None,
+    lora_steps: int = 0,
 ) -> Path:
     """Write one before/after PNG per technique and an index.html; returns the index path."""
-    from .cli import Settings, display_scale, generate, generate_with, side_by_side
+    from .cli import (
+        Settings,
+        baseline_settings,
+        display_scale,
+        generate,
+        generate_with,
+        side_by_side,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
-    for demo in demos or DEMOS:
+    demos = list(demos or DEMOS)
+    if lora_steps:
+        demos.append(lora_demo(pipe, out, lora_steps))
+    for demo in demos:
+        if "capture" in demo.recipe:
+            demo.recipe["capture"] = [{"dir": str(out / "capture")}]
         s = Settings(prompt=demo.prompt, steps=steps, seed=seed, size=size)
         start = time.perf_counter()
-        base = generate(pipe, s, f"{demo.name}: baseline")
-        image, done = generate_with(
-            pipe, s, from_dict(demo.recipe, demo.name), f"{demo.name}: with"
-        )
+        recipe = from_dict(demo.recipe, demo.name)
+        base = generate(pipe, baseline_settings(s, recipe), f"{demo.name}: baseline")
+        image, done = generate_with(pipe, s, recipe, f"{demo.name}: with")
         seconds = time.perf_counter() - start
         side_by_side(
             [base, image], ["baseline", demo.name], scale=display_scale(size)

@@ -217,3 +217,21 @@ def test_capture_and_bend_compose_with_injection(model_dir, tmp_path):
         8,
         8,
     )  # steps, tokens, H, W
+
+
+def test_compare_baseline_drops_the_bend_parentheses(model_dir, tmp_path):
+    """A visualise-only bend leaves the image unchanged: both halves of --compare match."""
+    bend = tmp_path / "bend.json"
+    bend.write_text(json.dumps({"configs": [{"token": "circle", "mode": "flip"}]}))
+    args = [
+        "generate",
+        "a red (circle) on the left",
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+    ]
+    assert run(*args, "--bend", bend, "--compare", "-o", tmp_path / "v.png") == 0
+    compare = pixels(tmp_path / "v-compare.png")[16:]
+    half = compare.shape[1] // 2
+    assert np.array_equal(compare[:, :half], compare[:, half:])
