@@ -21,7 +21,7 @@ import mlx.core as mx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import interleave, machine, table, write_json  # noqa: E402
+from timing import interleave, machine, sd21_unet, table, write_json  # noqa: E402
 
 from pulse_plugin import chain, upstream  # noqa: E402
 
@@ -30,13 +30,6 @@ GOALS = {
     "identity processors": 1.03,
     "empty plugin chains": 1.03,
 }
-
-
-def sd21_unet(sd):
-    """SD 2.1's UNet layout, as upstream's loader builds it (up block types reversed)."""
-    cfg = sd.config.UNetConfig()
-    cfg.up_block_types = tuple(reversed(cfg.up_block_types))
-    return sd.unet.UNetModel(cfg)
 
 
 def build(latent: int):

@@ -32,12 +32,11 @@ from typing import Callable, Dict, List, Optional
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import interleave, machine, write_json  # noqa: E402
+from timing import interleave, machine, sd21_unet, write_json  # noqa: E402
 
 from pulse_plugin import lora as L  # noqa: E402
 from pulse_plugin import tiny, upstream  # noqa: E402
@@ -71,13 +70,6 @@ GOALS = {
 
 
 # --------------------------------------------------------------------- models
-def sd21_unet(sd):
-    """SD 2.1's UNet layout, as upstream's loader builds it (up block types reversed)."""
-    cfg = sd.config.UNetConfig()
-    cfg.up_block_types = tuple(reversed(cfg.up_block_types))
-    return sd.unet.UNetModel(cfg)
-
-
 def make_pipe(sd, unet, full: bool = False):
     """An upstream StableDiffusion object around unet, built like tiny.build_pipeline.
 

@@ -1,4 +1,4 @@
-"""Interleaved timing: every variant runs once per round, in turn (A B C A B C ...)."""
+"""Shared pieces of the benchmark scripts: interleaved timing, tables, the SD 2.1 UNet."""
 
 from __future__ import annotations
 
@@ -54,3 +54,10 @@ def machine() -> str:
 def write_json(path: Path, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def sd21_unet(sd):
+    """SD 2.1's UNet layout, as upstream's loader builds it (up block types reversed)."""
+    cfg = sd.config.UNetConfig()
+    cfg.up_block_types = tuple(reversed(cfg.up_block_types))
+    return sd.unet.UNetModel(cfg)
