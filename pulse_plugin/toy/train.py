@@ -60,7 +60,7 @@ class ToyConfig:
     text_dims: int = 64
     text_layers: int = 2
     norm_groups: int = 8
-    unet_steps: int = 1000
+    unet_steps: int = 2400
     unet_batch: int = 16
     unet_lr: float = 1.5e-3
     high_noise_frac: float = 0.5  # share of timesteps drawn from [500, 1000]
