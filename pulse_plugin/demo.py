@@ -129,7 +129,7 @@ def lora_demo(pipe, out: Path, steps: int) -> Demo:
     train_recolour_lora(pipe, path, steps=steps)
     return Demo(
         "lora",
-        "LoRA: a recolouring adapter at weight 0.5 and 1",
+        "LoRA: a recolouring adapter trained here, at weight 1",
         "a red circle on the left",
         f"A rank-4 attention LoRA trained here for {steps} steps on blue circles captioned "
         "'a red circle ...', applied as a runtime adapter at weight 1 (right); "
