@@ -235,6 +235,14 @@ def _weights(n: int, weights: Optional[Sequence[float]]) -> List[float]:
     return weights
 
 
+def _inputs(loras, weights) -> Tuple[List[LoRA], List[float]]:
+    """One LoRA or several (objects or paths), with their weights (default 1 each)."""
+    if isinstance(loras, (LoRA, str)):
+        loras = [loras]
+    loras = [_as_lora(x) for x in loras]
+    return loras, _weights(len(loras), weights)
+
+
 def apply(
     pipe,
     loras: Union[LoRA, str, Sequence[Union[LoRA, str]]],
@@ -242,10 +250,7 @@ def apply(
     skip_mismatched: bool = False,
 ) -> List[MatchReport]:
     """Add runtime (unfused) adapters for ``loras`` with ``weights`` (any sign, default 1)."""
-    if isinstance(loras, (LoRA, str)):
-        loras = [loras]
-    loras = [_as_lora(x) for x in loras]
-    weights = _weights(len(loras), weights)
+    loras, weights = _inputs(loras, weights)
     st = state(pipe)
     names = [x.name for x in loras]
     for name in names:
@@ -337,10 +342,7 @@ def fuse(
     skip_mismatched: bool = False,
 ) -> List[MatchReport]:
     """Add ``sum_i weight_i * delta_i`` into the weights, keeping the originals for ``unfuse``."""
-    if isinstance(loras, (LoRA, str)):
-        loras = [loras]
-    loras = [_as_lora(x) for x in loras]
-    weights = _weights(len(loras), weights)
+    loras, weights = _inputs(loras, weights)
     st = state(pipe)
     if st.fused:
         raise LoRAError(f"already fused ({', '.join(st.fused_names)}); unfuse first")
