@@ -66,7 +66,8 @@ def region_weights(
     d = np.sqrt(du**2 + dv**2)
     if feather <= 0:
         return (d == 0).astype(np.float32)
-    return np.clip(1.0 - d / feather, 0.0, 1.0).astype(np.float32)
+    with np.errstate(over="ignore"):  # a tiny feather: d / feather -> inf, clipped to 0
+        return np.clip(1.0 - d / feather, 0.0, 1.0).astype(np.float32)
 
 
 def regional_mask(m: Array, region: Sequence[float], feather: float = 0.0) -> Array:
