@@ -71,7 +71,9 @@ def default_size(pipe, path: Optional[Path]) -> int:
 
 
 def latent_for(pipe, size: int) -> Tuple[int, int]:
-    down = 2 ** (len(pipe.autoencoder.decoder.up_blocks) - 1)
+    from .toy.folder import downsampling
+
+    down = downsampling(pipe)
     if size % down:
         raise CliError(f"--size {size}: expected a multiple of {down} for this model")
     return (size // down, size // down)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Union
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten
 
 PathLike = Union[str, Path]
@@ -484,11 +483,16 @@ def load_pipeline(
     return pipe
 
 
+def downsampling(pipe) -> int:
+    """How many image pixels one latent pixel spans along each side."""
+    return 2 ** (len(pipe.autoencoder.decoder.up_blocks) - 1)
+
+
 def latent_size(
     pipe, image_size: Optional[int] = None, folder: Optional[PathLike] = None
 ):
     """The latent (H, W) for an image size (default: the folder's vae sample_size)."""
     if image_size is None:
         image_size = _read_json(Path(folder) / "vae" / "config.json")["sample_size"]
-    down = 2 ** (len(pipe.autoencoder.decoder.up_blocks) - 1)
+    down = downsampling(pipe)
     return (image_size // down, image_size // down)
