@@ -9,8 +9,14 @@ from mlx.utils import tree_flatten
 
 from pulse_plugin.toy import folder, train
 
+# text_layers=2: the committed toy model has none, this checks the layers' names
 SMALL = train.ToyConfig(
-    seed=5, vae_channels=(16, 32), unet_channels=(32, 64), text_dims=32, heads=2
+    seed=5,
+    vae_channels=(16, 32),
+    unet_channels=(32, 64),
+    text_dims=32,
+    text_layers=2,
+    heads=2,
 )
 
 

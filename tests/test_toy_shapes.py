@@ -53,3 +53,9 @@ def test_classifier_on_empty_background():
     det = quality.classify(image)
     assert det.colour is None and det.centroid is None
     assert not quality.position_ok("left", det.centroid, 32)
+
+
+def test_partial_phrases_drop_colour_position_or_both():
+    obj = shapes.Obj("red", "circle", "left")
+    assert obj.phrase() == "a red circle on the left"
+    assert obj.partial_phrases() == ["a circle on the left", "a red circle", "a circle"]

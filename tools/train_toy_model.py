@@ -38,6 +38,18 @@ def main(argv=None) -> int:
         default=defaults.loss_weight,
         help="weight of the epsilon error over noise levels (see train.py)",
     )
+    parser.add_argument(
+        "--text-layers",
+        type=int,
+        default=defaults.text_layers,
+        help="transformer layers of the text encoder (0: token + position only)",
+    )
+    parser.add_argument(
+        "--partial-captions",
+        type=float,
+        default=defaults.partial_captions,
+        help="share of single-object captions shortened (no colour/position)",
+    )
     parser.add_argument("--weight-clip", type=float, default=defaults.weight_clip)
     parser.add_argument(
         "--vae-from",
@@ -56,6 +68,8 @@ def main(argv=None) -> int:
         unet_lr=args.lr,
         loss_weight=args.loss_weight,
         weight_clip=args.weight_clip,
+        text_layers=args.text_layers,
+        partial_captions=args.partial_captions,
     )
     from tqdm import tqdm
 

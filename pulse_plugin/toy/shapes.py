@@ -69,8 +69,17 @@ class Obj:
     shape: str
     position: str
 
-    def phrase(self) -> str:
-        return f"a {self.colour} {self.shape} {PHRASES[self.position]}"
+    def phrase(self, colour: bool = True, position: bool = True) -> str:
+        words = ["a", self.colour, self.shape] if colour else ["a", self.shape]
+        return " ".join(words + ([PHRASES[self.position]] if position else []))
+
+    def partial_phrases(self) -> List[str]:
+        """The phrase without its colour, without its position, and without both."""
+        return [
+            self.phrase(colour=False),
+            self.phrase(position=False),
+            self.phrase(colour=False, position=False),
+        ]
 
 
 def caption(objects: Sequence[Obj]) -> str:
