@@ -32,64 +32,103 @@ DEMOS: List[Demo] = [
     ),
     Demo(
         "injection-window",
-        "Prompt injection, early (high-sigma) steps only",
+        "Prompt injection, late (low-sigma) steps only",
         "a red circle",
-        "'a blue square' drives the structure while sigma is between 14.6 and 2; "
-        "the base prompt finishes the image.",
+        "'a blue square' is injected only while sigma is below 2. On the toy model these late "
+        "steps still set the colour and the outline (injected from sigma 14.6 down to 2 "
+        "instead, nothing visible changes).",
         {
             "inject": [
                 {
                     "block": "all",
                     "prompt": "a blue square",
-                    "sigma_start": 14.7,
-                    "sigma_end": 2.0,
+                    "sigma_start": 2.0,
+                    "sigma_end": 0.0,
                 }
             ]
         },
     ),
     Demo(
         "multi-scale",
-        "Multi-scale: structure and detail levels",
+        "Multi-scale: the detail level only",
         "a red circle",
-        "'a green square' at the lowest-resolution (structure) sites, 'a red circle' left in "
-        "the highest-resolution (detail) sites.",
-        {"inject": [{"block": "structure", "prompt": "a green square"}]},
+        "'a green square' at the highest-resolution (detail) sites only; the structure "
+        "level keeps 'a red circle'. On the toy model the colour comes from the detail level "
+        "(injected at the structure level only, nothing visible changes).",
+        {"inject": [{"block": "detail", "prompt": "a green square"}]},
     ),
     Demo(
         "reweight",
         "Token re-weighting",
-        "a red and blue circle",
-        "Attention to 'blue' scaled by 4 (probabilities renormalised), on every site.",
-        {"reweight": [{"phrase": "blue", "scale": 4.0}]},
+        "a blue red circle on the left",
+        "A caption naming two colours gives a mix; attention to 'red' scaled by 0.1 "
+        "(probabilities renormalised) on every site leaves blue.",
+        {"reweight": [{"phrase": "red", "scale": 0.1}]},
     ),
     Demo(
         "mask",
         "Token masking",
-        "a red circle on the left",
-        "'red' gets attention probability 0 everywhere; the rest of the prompt stays.",
-        {"mask": [{"phrase": "red"}]},
+        "a blue circle on the left",
+        "'blue' gets attention probability 0 everywhere; the rest of the prompt stays, "
+        "so the circle takes the colour this model draws when none is named (red).",
+        {"mask": [{"phrase": "blue"}]},
     ),
     Demo(
         "regional",
         "Regional injection",
-        "a red square in the centre",
-        "'a blue square' only in the left half (mask area-resized to each block).",
-        {"region": [{"prompt": "a blue square", "mask": "left", "weight": 1.0}]},
+        "a yellow circle on the left and a red square on the right",
+        "'a blue circle on the left and a green square on the right' only in the left half "
+        "(mask area-resized to each block): the circle turns blue, the square stays red "
+        "(injected everywhere, the square turns green).",
+        {
+            "region": [
+                {
+                    "prompt": "a blue circle on the left and a green square on the right",
+                    "mask": "left",
+                    "weight": 1.0,
+                }
+            ]
+        },
     ),
     Demo(
         "bend-flip",
         "Attention bending: flip",
-        "a red (circle) on the left",
-        "The cross-attention map of 'circle' is flipped left-right at every site (apply phase, "
-        "strength 1, renormalised).",
-        {"bend": [{"token": "circle", "mode": "flip", "flip": "horizontal"}]},
+        "a (red) (circle) on the (left)",
+        "The cross-attention maps of the object's words are flipped left-right at every site "
+        "(apply phase, strength 1, renormalised). On the toy model this draws a second blob "
+        "on the right rather than moving the circle.",
+        {
+            "bend": [
+                {"token": t, "mode": "flip", "flip": "horizontal"}
+                for t in ("red", "circle", "left")
+            ]
+        },
     ),
     Demo(
         "bend-translate",
         "Attention bending: translate",
-        "a red (circle) on the left",
-        "The map of 'circle' is shifted right by half the map's width.",
-        {"bend": [{"token": "circle", "mode": "translate", "dx": 0.5}]},
+        "a (red) (circle) on the (left)",
+        "The maps of the object's words are shifted right by half the map's width: the "
+        "circle is drawn on the right.",
+        {
+            "bend": [
+                {"token": t, "mode": "translate", "dx": 0.5}
+                for t in ("red", "circle", "left")
+            ]
+        },
+    ),
+    Demo(
+        "bend-regional-mask",
+        "Attention bending: regional mask",
+        "a (red) (circle)",
+        "A caption with no position word; the maps of 'red' and 'circle' are kept in the "
+        "left half only, so the circle is drawn there.",
+        {
+            "bend": [
+                {"token": t, "mode": "regional_mask", "region": [0.0, 0.0, 0.5, 1.0]}
+                for t in ("red", "circle")
+            ]
+        },
     ),
     Demo(
         "capture",

@@ -253,6 +253,8 @@ BLUE_LEFT = "a blue circle on the left"
 RED_CENTRE = "a red square in the centre"
 BLUE_CENTRE = "a blue square in the centre"
 CIRCLE_CENTRE = "a red circle in the centre"
+TWO = "a yellow circle on the left and a red square on the right"
+TWO_NEW = "a blue circle on the left and a green square on the right"
 
 
 def blueness(images: np.ndarray, region: Optional[np.ndarray] = None) -> np.ndarray:
@@ -285,8 +287,9 @@ class Runs:
 # Technique settings the experiments use (shared by the tests and the tool).
 PARTIAL_BLOCKS = "mid"  # injection into some blocks only
 EMPTY_WINDOW = (1e-3, 0.0)  # below every sigma the sampler visits: never fires
-BEND_TOKENS = ("red",)
+OBJECT_WORDS = ("red", "circle", "left")  # the object's words in RED_LEFT
 BEND_SHIFT = 0.5  # translate by half the image width
+ANYWHERE = "a red circle"  # no position word: the object may land anywhere
 
 
 def injection(runs: Runs) -> Dict[str, np.ndarray]:
@@ -319,70 +322,94 @@ def injection(runs: Runs) -> Dict[str, np.ndarray]:
 
 
 def regional(runs: Runs) -> Dict[str, np.ndarray]:
-    """Blueness per half of "a red square in the centre", "a blue square ..." on the left only."""
-    size = runs.get(RED_CENTRE).shape[1]
+    """A two-object prompt with TWO_NEW injected everywhere vs in the left half only.
+
+    Keys ``{baseline, everywhere, left half}: {left blue, right green}``: the
+    blue score of the left half's drawn pixels (where TWO_NEW turns the yellow
+    circle blue) and the green score of the right half's (where it turns the
+    red square green).
+    """
+    size = runs.get(TWO).shape[1]
     left, right = half_mask("left", size), half_mask("right", size)
-    base = runs.get(RED_CENTRE)
-    reg = runs.pulse(
-        RED_CENTRE, "regional left", lambda p: p.regional(BLUE_CENTRE, "left")
-    )
-    return {
-        "baseline left": blueness(base, left),
-        "baseline right": blueness(base, right),
-        "regional left": blueness(reg, left),
-        "regional right": blueness(reg, right),
-    }
+    out = {}
+    for name, images in (
+        ("baseline", runs.get(TWO)),
+        (
+            "everywhere",
+            runs.pulse(TWO, "inject all", lambda p: p.inject("all", TWO_NEW)),
+        ),
+        (
+            "left half",
+            runs.pulse(TWO, "regional left", lambda p: p.regional(TWO_NEW, "left")),
+        ),
+    ):
+        out[f"{name}: left blue"] = colour_scores(images, "blue", left)
+        out[f"{name}: right green"] = colour_scores(images, "green", right)
+    return out
 
 
 def token_weights(runs: Runs) -> Dict[str, np.ndarray]:
-    """Redness of "a red circle on the left": baseline, "red" masked, "red" up-weighted x3."""
-    base = runs.get(RED_LEFT)
-    masked = runs.pulse(RED_LEFT, "mask red", lambda p: p.mask_tokens("red"))
-    up = runs.pulse(RED_LEFT, "reweight red 3", lambda p: p.reweight("red", 3.0))
+    """Blue score of "a blue circle on the left" with "blue" masked, weighted x0.3 and x3.
+
+    The toy model draws red when a caption names no colour, so a masked
+    colour word shows as the object turning red.
+    """
+    base = runs.get(BLUE_LEFT)
+    masked = runs.pulse(BLUE_LEFT, "mask blue", lambda p: p.mask_tokens("blue"))
+    down = runs.pulse(BLUE_LEFT, "reweight blue 0.3", lambda p: p.reweight("blue", 0.3))
+    up = runs.pulse(BLUE_LEFT, "reweight blue 3", lambda p: p.reweight("blue", 3.0))
     return {
-        "baseline": colour_scores(base, "red"),
-        "masked": colour_scores(masked, "red"),
-        "up-weighted x3": colour_scores(up, "red"),
+        "baseline": colour_scores(base, "blue"),
+        "masked": colour_scores(masked, "blue"),
+        "down-weighted x0.3": colour_scores(down, "blue"),
+        "up-weighted x3": colour_scores(up, "blue"),
     }
 
 
 def bending(runs: Runs) -> Dict[str, np.ndarray]:
-    """Where the colour goes when the colour word's map is bent (applied, all sites).
+    """Where the object goes when its words' maps are bent (applied, every site and step).
 
-    On "a red circle on the left": ``red R-L`` is redness of the right half's
-    drawn pixels minus the left half's (per image); translate (dx = +0.5) and
-    flip should raise it, regional_mask to the left half should lower it. The
-    object's centroid x (fractions of the width) is reported too.
+    On "a red circle on the left", the maps of OBJECT_WORDS (its colour, shape
+    and position words) translated right by BEND_SHIFT and flipped left-right:
+    the object's centroid x (fractions of the width) and the share of its
+    drawn pixels in the right half. On "a red circle" (no position word: drawn
+    left or right), the maps of "red" and "circle" kept in one half
+    (regional_mask): the share of the drawn pixels in that half.
     """
     from ..bending.config import BendConfig
 
+    def bends(mode, words=OBJECT_WORDS, **kw):
+        return [BendConfig(t, mode, **kw) for t in words]
+
     size = runs.get(RED_LEFT).shape[1]
-    left, right = half_mask("left", size), half_mask("right", size)
-
-    def bends(mode, **kw):
-        return [BendConfig(t, mode, **kw) for t in BEND_TOKENS]
-
-    def r_minus_l(images):
-        return colour_scores(images, "red", right) - colour_scores(images, "red", left)
-
+    right_half = half_mask("right", size)
     out = {}
-    cases = (
+    for name, b in (
         ("baseline", None),
         ("translate", bends("translate", dx=BEND_SHIFT)),
         ("flip", bends("flip", flip="horizontal")),
-        ("regional_mask left", bends("regional_mask", region=(0, 0, 0.5, 1))),
-    )
-    for name, b in cases:
+    ):
         images = runs.get(RED_LEFT) if b is None else runs.bends(RED_LEFT, name, b)
-        out[f"{name}: red R-L"] = r_minus_l(images)
-    for name, _ in cases:
-        images = runs.get(RED_LEFT, name) if name != "baseline" else runs.get(RED_LEFT)
         out[f"{name}: object x"] = centroids(images)[:, 0]
+        out[f"{name}: share in right half"] = foreground_fraction(images, right_half)
+    for side, region in (("right", (0.5, 0, 1, 1)), ("left", (0, 0, 0.5, 1))):
+        half = half_mask(side, size)
+        masked = runs.bends(
+            ANYWHERE,
+            f"regional_mask {side}",
+            bends("regional_mask", ("red", "circle"), region=region),
+        )
+        out[f"unbent: share in {side} half"] = foreground_fraction(
+            runs.get(ANYWHERE), half
+        )
+        out[f"regional_mask {side}: share in {side} half"] = foreground_fraction(
+            masked, half
+        )
     return out
 
 
 def capture(
-    runs: Runs, words: Sequence[str] = ("red", "circle")
+    runs: Runs, words: Sequence[str] = ("circle", "red", "left")
 ) -> Dict[str, np.ndarray]:
     """How much more a word's recorded map weighs on the drawn object than off it.
 
@@ -483,7 +510,7 @@ def lora(runs: Runs, lora_file) -> Dict[str, np.ndarray]:
 EXPERIMENTS = {
     "injection": injection,
     "regional": regional,
-    "token weights": token_weights,
+    "tokens": token_weights,
     "bending": bending,
     "capture": capture,
 }
