@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
-import numpy as np
 
 from . import patchset
 from .chain import Call, Link, Next, SiteChain
 from .masks import as_mask
-from .schedule import PlannedStep, Window, miss_message, planned_schedule
+from .schedule import PlannedStep, miss_message, planned_schedule
 from .selectors import Selector, describe, resolve
 from .techniques.base import Technique, window_of
 from .techniques.injection import Injection, encode_prompt

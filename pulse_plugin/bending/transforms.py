@@ -9,7 +9,7 @@ to the map's backend, so the MLX path stays lazy and needs no sync.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
