@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 _HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-SERIES_DIR = Path(__file__).resolve().parent / "patches"  # a link to ../patches in the repo
+# a link to ../patches in the repo
+SERIES_DIR = Path(__file__).resolve().parent / "patches"
 
 
 class PatchError(Exception):
