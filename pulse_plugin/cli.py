@@ -100,24 +100,24 @@ class Settings:
 
 def generate(pipe, s: Settings, label: str = "generate"):
     """One image as uint8 (H, W, 3), with a progress bar over the denoising steps."""
-    import mlx.core as mx
     import numpy as np
     from tqdm import tqdm
 
-    latents = pipe.generate_latents(
+    from .sampling import final_latents, to_uint8
+
+    x = final_latents(
+        pipe,
         s.prompt,
-        n_images=1,
         num_steps=s.steps,
         cfg_weight=s.cfg,
         negative_text=s.negative,
         latent_size=latent_for(pipe, s.size),
         seed=s.seed,
+        progress=lambda steps: tqdm(
+            steps, total=s.steps, desc=label, leave=False, file=sys.stderr
+        ),
     )
-    x = None
-    for x in tqdm(latents, total=s.steps, desc=label, leave=False, file=sys.stderr):
-        mx.eval(x)
-    image = pipe.decode(x)[0]
-    return (np.array(image) * 255).round().astype(np.uint8)
+    return to_uint8(np.array(pipe.decode(x)[0]))
 
 
 def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniques"):

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import tokens
 from ..chain import Call, Link, Next
+from ..sampling import final_latents
 from . import transforms as T
 from .config import BendConfig, BendingSettings, ConfigError, parse_prompt
 
@@ -350,15 +351,15 @@ def generate(
 ) -> Tuple[mx.array, Bender]:
     """Generate latents with bending; returns (final latents, the Bender with its records)."""
     bender = Bender(pipe, prompt, settings, apply_to_output)
-    x = None
     with bender:
-        for x in pipe.generate_latents(
+        x = final_latents(
+            pipe,
             bender.prompt,
             num_steps=num_steps,
             cfg_weight=cfg_weight,
             latent_size=latent_size,
             seed=seed,
             negative_text=negative_text,
-        ):
-            mx.eval(x, *bender.link.arrays())
+            extra=bender.link.arrays,
+        )
     return x, bender

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from .. import tokens
 from ..bending.config import BendConfig, BendingSettings
+from ..sampling import final_latents
 from .recorder import Recorder, StepMaps
 
 _ANCHORS = np.array(
@@ -233,21 +234,25 @@ def capture_run(
     recorder = Recorder(pipe, tuple(map_size or latent_size), blocks)
     mx.reset_peak_memory()
     t0 = time.perf_counter()
-    x = None
+
+    def records():
+        extra = bender.link.arrays() if bender is not None else []
+        return [*recorder.arrays(), *extra]
+
     with recorder:
         if bender is not None:
             bender.__enter__()
         try:
-            for x in pipe.generate_latents(
+            x = final_latents(
+                pipe,
                 clean,
                 num_steps=num_steps,
                 cfg_weight=cfg_weight,
                 latent_size=latent_size,
                 seed=seed,
                 negative_text=negative_text,
-            ):
-                extra = bender.link.arrays() if bender is not None else []
-                mx.eval(x, *recorder.arrays(), *extra)
+                extra=records,
+            )
         finally:
             if bender is not None:
                 bender.__exit__(None, None, None)

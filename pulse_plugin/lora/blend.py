@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import mlx.core as mx
 import numpy as np
 
+from ..sampling import decode, final_latents, to_uint8
 from . import adapters
 from .io import LoRA, LoRAError, load_lora
 
@@ -211,20 +211,16 @@ class PreviewConfig:
 
 def generate(pipe, prompt: str, cfg: PreviewConfig) -> np.ndarray:
     """One image (H, W, 3) uint8 from ``pipe`` with the adapters currently applied."""
-    latents = None
-    for latents in pipe.generate_latents(
+    latents = final_latents(
+        pipe,
         prompt,
-        n_images=1,
         num_steps=cfg.steps,
         cfg_weight=cfg.cfg_weight,
         negative_text=cfg.negative_prompt,
-        latent_size=tuple(cfg.latent_size),
+        latent_size=cfg.latent_size,
         seed=cfg.seed,
-    ):
-        mx.eval(latents)
-    image = pipe.decode(latents)
-    mx.eval(image)
-    return (np.array(image[0].astype(mx.float32)) * 255).round().astype(np.uint8)
+    )
+    return to_uint8(decode(pipe, latents)[0])
 
 
 def preview(

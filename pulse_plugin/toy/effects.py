@@ -169,28 +169,23 @@ def generate(
     technique needs (a Pulse, a Bender, a Recorder); ``on_step()`` returns
     extra lazy arrays to evaluate with each step's latents.
     """
-    import mlx.core as mx
-
+    from ..sampling import decode, final_latents
     from . import folder
 
-    size = folder.latent_size(pipe, shapes.SIZE)
-    x = None
     with ExitStack() as stack:
         if setup is not None:
             setup(stack)
-        for x in pipe.generate_latents(
+        x = final_latents(
+            pipe,
             prompt,
             n_images=n,
             num_steps=steps,
             cfg_weight=cfg,
-            latent_size=size,
+            latent_size=folder.latent_size(pipe, shapes.SIZE),
             seed=seed,
-        ):
-            extra = on_step() if on_step is not None else []
-            mx.eval(x, *extra)
-    images = pipe.decode(x)
-    mx.eval(images)
-    return np.array(images.astype(mx.float32))
+            extra=on_step,
+        )
+    return decode(pipe, x)
 
 
 def with_pulse(pipe, prompt: str, configure: Callable) -> Callable:

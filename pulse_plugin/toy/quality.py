@@ -120,21 +120,18 @@ def generate(
     latent_size: Tuple[int, int] = (8, 8),
 ) -> np.ndarray:
     """n decoded images (n, H, W, 3) in [0, 1] from upstream's own sampling loop."""
-    import mlx.core as mx
+    from ..sampling import decode, final_latents
 
-    x_t = None
-    for x_t in pipe.generate_latents(
+    x = final_latents(
+        pipe,
         text,
         n_images=n,
         num_steps=num_steps,
         cfg_weight=cfg_weight,
         latent_size=latent_size,
         seed=seed,
-    ):
-        mx.eval(x_t)
-    images = pipe.decode(x_t)
-    mx.eval(images)
-    return np.array(images.astype(mx.float32))
+    )
+    return decode(pipe, x)
 
 
 def measure(
