@@ -244,13 +244,48 @@ class BendLink:
         return out
 
 
-class Bender:
+class InstalledLinks:
+    """Mixin: ``with obj:`` adds ``obj.links()`` through a Pulse; exit flushes, then restores.
+
+    Subclasses set ``pipe``, ``install_name`` and ``observe_steps`` (also call
+    ``flush`` after every denoising step) and define ``links`` and ``flush``.
+    """
+
+    install_name = ""
+    observe_steps = False
+
+    def attach(self, pulse):
+        """Add the links to a pulse_plugin.pulse.Pulse; call flush() after generating."""
+        for (block_id, kind), link in self.links().items():
+            pulse.add_link(block_id, kind, link, name=self.install_name)
+        return self
+
+    def __enter__(self):
+        observer = self.flush if self.observe_steps else None
+        self._exit = install(
+            self.pipe, self.links(), self.install_name, observer=observer
+        )
+        self._exit.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.flush()
+        finally:
+            self._exit.__exit__(*exc)
+            self._exit = None
+
+
+class Bender(InstalledLinks):
     """Attention bending on a patched pipeline, as a context manager.
 
     ``with Bender(pipe, "a romantic (kiss) at (sunset)", settings) as b:`` then
     generate with ``b.prompt`` (the prompt without parentheses); ``b.records``
     holds the bent maps, ``b.nonfinite`` the guarded values per bend.
     """
+
+    install_name = "bending"
+    observe_steps = True
 
     def __init__(
         self,
@@ -282,12 +317,6 @@ class Bender:
         """(block id, kind) -> link, for a caller that owns the chains."""
         return {(b, "cross"): self.link for b in self.blocks}
 
-    def attach(self, pulse) -> "Bender":
-        """Add this Bender's link to a pulse_plugin.pulse.Pulse; call flush() after generating."""
-        for block_id in self.blocks:
-            pulse.add_link(block_id, "cross", self.link, name="bending")
-        return self
-
     def flush(self, *_) -> None:
         """Evaluate pending maps into records and warn about guarded non-finite values."""
         pending, self.link.pending = self.link.pending, []
@@ -308,18 +337,6 @@ class Bender:
             if maps is not None:
                 orig, bent = (np.array(m, dtype=np.float32) for m in maps)
                 self.records.append(BendRecord(label, step, sigma, block, orig, bent))
-
-    def __enter__(self) -> "Bender":
-        self._exit = install(self.pipe, self.links(), "bending", observer=self.flush)
-        self._exit.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.flush()
-        finally:
-            self._exit.__exit__(*exc)
-            self._exit = None
 
 
 @contextmanager

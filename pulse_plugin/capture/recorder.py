@@ -12,14 +12,14 @@ one float32 array per step, so memory is steps * Nk * S * S * 4 bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
 
 from ..bending import transforms as T
-from ..bending.processor import install, resolve_layers
-from ..chain import Call, Next
+from ..bending.processor import InstalledLinks, resolve_layers
+from ..chain import Call, Link, Next
 
 
 @dataclass
@@ -35,8 +35,10 @@ class StepMaps:
 
 
 @dataclass
-class Recorder:
+class Recorder(InstalledLinks):
     """Observer link aggregating cross-attention into per-token maps at a common size."""
+
+    install_name = "capture"
 
     pipe: object
     size: Tuple[int, int]
@@ -83,12 +85,6 @@ class Recorder:
         self._err = err if self._err is None else mx.maximum(self._err, err)
         self._calls += 1
 
-    def attach(self, pulse) -> "Recorder":
-        """Add the link to a pulse_plugin.pulse.Pulse; call flush() after generating."""
-        for block_id in self.block_ids:
-            pulse.add_link(block_id, "cross", self.link, name="capture")
-        return self
-
     def arrays(self) -> List[mx.array]:
         """The lazy sums of the current step (evaluate them with the latents)."""
         return [a for a in (self._acc, self._err) if a is not None]
@@ -134,15 +130,5 @@ class Recorder:
             )
         return worst
 
-    def __enter__(self) -> "Recorder":
-        links = {(b, "cross"): self.link for b in self.block_ids}
-        self._exit = install(self.pipe, links, "capture")
-        self._exit.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.flush()
-        finally:
-            self._exit.__exit__(*exc)
-            self._exit = None
+    def links(self) -> Dict[Tuple[str, str], Link]:
+        return {(b, "cross"): self.link for b in self.block_ids}
