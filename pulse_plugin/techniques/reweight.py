@@ -11,7 +11,7 @@ tokens' logits are multiplied by ``scale`` (as the bias ``(scale - 1) * logit``)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -92,9 +92,11 @@ class TokenReweight(Technique):
             return None
         return resize(self.mask, call.meta.spatial_shape).reshape(-1)
 
-    def _bias(self, call: Call) -> mx.array:
+    def _per_rows(self, call: Call, tag: str, make: Callable) -> mx.array:
+        """rows_bias of make(call) (queries x keys) for this call's shape, built once."""
         rows = active_rows(call, self.rows)
         key = (
+            tag,
             len(call.x),
             call.memory.shape[1],
             call.meta.spatial_shape,
@@ -102,33 +104,27 @@ class TokenReweight(Technique):
             rows.stop,
         )
         if key not in self._cache:
-            scales = self.token_scales(call.memory.shape[1])
-            bias2d = log_bias(scales, self._spatial(call))
-            self._cache[key] = mx.array(rows_bias(bias2d, len(call.x), rows)).astype(
-                call.x.dtype
-            )
+            self._cache[key] = mx.array(
+                rows_bias(make(call), len(call.x), rows)
+            ).astype(call.x.dtype)
         return self._cache[key]
 
+    def _bias(self, call: Call) -> mx.array:
+        return self._per_rows(call, "prob", self._log_bias)
+
+    def _log_bias(self, call: Call) -> np.ndarray:
+        scales = self.token_scales(call.memory.shape[1])
+        return log_bias(scales, self._spatial(call))
+
     def _logit_coef(self, call: Call) -> mx.array:
-        rows = active_rows(call, self.rows)
-        key = (
-            "logit",
-            len(call.x),
-            call.memory.shape[1],
-            call.meta.spatial_shape,
-            rows.start,
-            rows.stop,
-        )
-        if key not in self._cache:
-            onehot = np.zeros(call.memory.shape[1], np.float64)
-            onehot[list(self.positions)] = 1.0
-            m = self._spatial(call)
-            m = np.ones((1, 1)) if m is None else m.reshape(-1, 1)
-            coef = (m * onehot[None] * (self.scale - 1.0)).astype(np.float32)
-            self._cache[key] = mx.array(rows_bias(coef, len(call.x), rows)).astype(
-                call.x.dtype
-            )
-        return self._cache[key]
+        return self._per_rows(call, "logit", self._logit_coef2d)
+
+    def _logit_coef2d(self, call: Call) -> np.ndarray:
+        onehot = np.zeros(call.memory.shape[1], np.float64)
+        onehot[list(self.positions)] = 1.0
+        m = self._spatial(call)
+        m = np.ones((1, 1)) if m is None else m.reshape(-1, 1)
+        return (m * onehot[None] * (self.scale - 1.0)).astype(np.float32)
 
     def link(self, call: Call, next: Next) -> mx.array:
         if not self.active(call) or (self.scale == 1.0 and not self.keep_only):
