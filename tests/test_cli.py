@@ -90,13 +90,18 @@ def test_bad_input_names_the_field(model_dir, tmp_path, capsys):
     assert run("generate", PROMPT, "--model", model_dir, "--steps", 0) == 2
 
 
-def test_bend_and_capture_write_a_gallery(model_dir, tmp_path):
+def flip_circle(tmp_path, apply_to_output: bool):
+    """A bend file flipping the map of "circle"."""
     bend = tmp_path / "bend.json"
+    configs = [{"token": "circle", "mode": "flip"}]
     bend.write_text(
-        json.dumps(
-            {"apply_to_output": True, "configs": [{"token": "circle", "mode": "flip"}]}
-        )
+        json.dumps({"apply_to_output": apply_to_output, "configs": configs})
     )
+    return bend
+
+
+def test_bend_and_capture_write_a_gallery(model_dir, tmp_path):
+    bend = flip_circle(tmp_path, apply_to_output=True)
     args = [
         "generate",
         "a red (circle) on the left",
@@ -169,12 +174,7 @@ def test_demo_writes_every_technique(model_dir, tmp_path):
 
 def test_capture_and_bend_compose_with_injection(model_dir, tmp_path):
     """Recorder and bends see the base prompt's tokens only, whatever the chain order."""
-    bend = tmp_path / "bend.json"
-    bend.write_text(
-        json.dumps(
-            {"apply_to_output": False, "configs": [{"token": "circle", "mode": "flip"}]}
-        )
-    )
+    bend = flip_circle(tmp_path, apply_to_output=False)
     args = [
         "generate",
         "a red (circle) on the left",
