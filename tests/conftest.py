@@ -18,6 +18,12 @@ def sd():
 
 
 @pytest.fixture
+def plain_pipe(plain_sd):
+    """A tiny SD pipeline on unpatched upstream (LoRA needs no hooks)."""
+    return tiny.build_pipeline(plain_sd, tiny.TinyConfig())
+
+
+@pytest.fixture
 def tiny_pipe(sd):
     return tiny.build_pipeline(sd, tiny.TinyConfig())
 

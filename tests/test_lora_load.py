@@ -9,19 +9,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from pulse_plugin import lora as L
-from pulse_plugin import tiny, upstream
+from pulse_plugin import tiny
 from pulse_plugin.lora import formats, synth
 from pulse_plugin.lora.io import delta_weight
-
-
-@pytest.fixture(scope="module")
-def sd():
-    return upstream.load(patched=False)
-
-
-@pytest.fixture()
-def pipe(sd):
-    return tiny.build_pipeline(sd, tiny.TinyConfig())
 
 
 def params(model):
@@ -34,37 +24,40 @@ def all_paths(model):
     )
 
 
-def unet_out(pipe, seed=1):
+def unet_out(plain_pipe, seed=1):
     k1, k2 = mx.random.split(mx.random.key(seed))
     x = mx.random.normal((2, 8, 8, 4), key=k1)
     cond = mx.random.normal((2, 5, 32), key=k2)
-    out = pipe.unet(x, mx.array([500.0, 500.0]), encoder_x=cond)
+    out = plain_pipe.unet(x, mx.array([500.0, 500.0]), encoder_x=cond)
     mx.eval(out)
     return np.array(out)
 
 
-def test_unet_names_map_like_upstream(sd, pipe):
+def test_unet_names_map_like_upstream(plain_sd, plain_pipe):
     """Our name mapping equals upstream's map_unet_weights for every Linear/Conv of the UNet."""
-    for path in all_paths(pipe.unet):
+    for path in all_paths(plain_pipe.unet):
         name = formats.unet_module_name(path)
-        mapped = sd.model_io.map_unet_weights(name + ".weight", mx.zeros((2, 1)))
+        mapped = plain_sd.model_io.map_unet_weights(name + ".weight", mx.zeros((2, 1)))
         ours = formats.unet_targets(name)
         assert [k for k, _ in mapped] == [p + ".weight" for p, _ in ours], name
         assert path in [p for p, _ in ours]
 
 
-def test_clip_names_map_like_upstream(sd, pipe):
-    for path in all_paths(pipe.text_encoder):
+def test_clip_names_map_like_upstream(plain_sd, plain_pipe):
+    for path in all_paths(plain_pipe.text_encoder):
         name = formats.clip_module_name(path)
-        mapped = sd.model_io.map_clip_text_encoder_weights(
+        mapped = plain_sd.model_io.map_clip_text_encoder_weights(
             name + ".weight", mx.zeros(1)
         )
         assert mapped[0][0] == path + ".weight"
         assert formats.clip_target(name) == path
 
 
-def test_kohya_names_round_trip(pipe):
-    for component, model in (("unet", pipe.unet), ("te1", pipe.text_encoder)):
+def test_kohya_names_round_trip(plain_pipe):
+    for component, model in (
+        ("unet", plain_pipe.unet),
+        ("te1", plain_pipe.text_encoder),
+    ):
         for path in all_paths(model):
             name = formats.module_name(component, path)
             key = formats.kohya_key(component, name, "down")
@@ -92,15 +85,17 @@ def test_other_diffusers_spellings():
     assert formats.parse_key("lora_unet_foo.hada_w1_a") is None
 
 
-def test_kohya_and_diffusers_give_identical_results(pipe, tmp_path):
-    paths = synth.target_paths(pipe.unet, ["all"])
-    te_paths = synth.target_paths(pipe.text_encoder, ["attn", "ff"])
+def test_kohya_and_diffusers_give_identical_results(plain_pipe, tmp_path):
+    paths = synth.target_paths(plain_pipe.unet, ["all"])
+    te_paths = synth.target_paths(plain_pipe.text_encoder, ["attn", "ff"])
     out = {}
     for fmt in ("kohya", "diffusers"):
-        t = synth.random_tensors(pipe.unet, "unet", paths, rank=4, alpha=2.0, fmt=fmt)
+        t = synth.random_tensors(
+            plain_pipe.unet, "unet", paths, rank=4, alpha=2.0, fmt=fmt
+        )
         t.update(
             synth.random_tensors(
-                pipe.text_encoder, "te1", te_paths, rank=2, fmt=fmt, seed=3
+                plain_pipe.text_encoder, "te1", te_paths, rank=2, fmt=fmt, seed=3
             )
         )
         f = tmp_path / f"{fmt}.safetensors"
@@ -117,26 +112,26 @@ def test_kohya_and_diffusers_give_identical_results(pipe, tmp_path):
         assert np.array_equal(np.array(a.layers[k].down), np.array(b.layers[k].down))
         assert np.array_equal(np.array(a.layers[k].up), np.array(b.layers[k].up))
         assert a.layers[k].alpha == b.layers[k].alpha
-    L.fuse(pipe, a)
-    fused_a = params(pipe.unet)
-    L.unfuse(pipe)
-    L.fuse(pipe, b)
-    fused_b = params(pipe.unet)
-    L.unfuse(pipe)
+    L.fuse(plain_pipe, a)
+    fused_a = params(plain_pipe.unet)
+    L.unfuse(plain_pipe)
+    L.fuse(plain_pipe, b)
+    fused_b = params(plain_pipe.unet)
+    L.unfuse(plain_pipe)
     assert fused_a.keys() == fused_b.keys()
     for k in fused_a:
         assert np.array_equal(fused_a[k], fused_b[k]), k
 
 
-def test_fuse_matches_formula_and_unfuse_is_exact(pipe):
-    paths = synth.target_paths(pipe.unet, ["attn", "ff", "conv"])
+def test_fuse_matches_formula_and_unfuse_is_exact(plain_pipe):
+    paths = synth.target_paths(plain_pipe.unet, ["attn", "ff", "conv"])
     lo = L.from_tensors(
-        synth.random_tensors(pipe.unet, "unet", paths, rank=4, alpha=8.0)
+        synth.random_tensors(plain_pipe.unet, "unet", paths, rank=4, alpha=8.0)
     )
-    before = params(pipe.unet)
-    before_arrays = dict(tree_flatten(pipe.unet.parameters()))
-    L.fuse(pipe, lo, weights=[0.7])
-    after = params(pipe.unet)
+    before = params(plain_pipe.unet)
+    before_arrays = dict(tree_flatten(plain_pipe.unet.parameters()))
+    L.fuse(plain_pipe, lo, weights=[0.7])
+    after = params(plain_pipe.unet)
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed == {p + ".weight" for p in paths}
     ff = "down_blocks.0.attentions.0.transformer_blocks.0.linear2"
@@ -148,17 +143,17 @@ def test_fuse_matches_formula_and_unfuse_is_exact(pipe):
     d = np.array(delta_weight(lo.layers[("unet", conv)]))
     assert d.shape == before[conv + ".weight"].shape
     with pytest.raises(L.LoRAError, match="already fused"):
-        L.fuse(pipe, lo)
-    L.unfuse(pipe)
-    for k, v in tree_flatten(pipe.unet.parameters()):
+        L.fuse(plain_pipe, lo)
+    L.unfuse(plain_pipe)
+    for k, v in tree_flatten(plain_pipe.unet.parameters()):
         assert np.array_equal(np.array(v), before[k]), k
         assert v is before_arrays[k]  # the very same arrays are back
 
 
-def test_conv_lora_matches_torch_layout(pipe):
+def test_conv_lora_matches_torch_layout(plain_pipe):
     """A 3x3 LoCon's delta in MLX layout equals the PyTorch-layout product, transposed."""
     path = "down_blocks.0.resnets.0.conv1"
-    t = synth.random_tensors(pipe.unet, "unet", [path], rank=3, seed=5)
+    t = synth.random_tensors(plain_pipe.unet, "unet", [path], rank=3, seed=5)
     down = np.array(next(v for k, v in t.items() if k.endswith("lora_down.weight")))
     up = np.array(next(v for k, v in t.items() if k.endswith("lora_up.weight")))
     torch_delta = (up.reshape(up.shape[0], -1) @ down.reshape(3, -1)).reshape(
@@ -170,25 +165,30 @@ def test_conv_lora_matches_torch_layout(pipe):
     )
 
 
-def test_zero_b_changes_nothing_bit_for_bit(pipe):
-    paths = synth.target_paths(pipe.unet, ["all"])
-    lo = L.from_tensors(synth.random_tensors(pipe.unet, "unet", paths, zero_up=True))
-    base = unet_out(pipe)
-    before = params(pipe.unet)
-    L.fuse(pipe, lo)
-    for k, v in params(pipe.unet).items():
+def test_zero_b_changes_nothing_bit_for_bit(plain_pipe):
+    paths = synth.target_paths(plain_pipe.unet, ["all"])
+    lo = L.from_tensors(
+        synth.random_tensors(plain_pipe.unet, "unet", paths, zero_up=True)
+    )
+    base = unet_out(plain_pipe)
+    before = params(plain_pipe.unet)
+    L.fuse(plain_pipe, lo)
+    for k, v in params(plain_pipe.unet).items():
         assert np.array_equal(v, before[k]), k
-    assert np.array_equal(unet_out(pipe), base)
-    L.unfuse(pipe)
-    L.apply(pipe, lo)
-    assert np.array_equal(unet_out(pipe), base)
-    L.remove(pipe)
+    assert np.array_equal(unet_out(plain_pipe), base)
+    L.unfuse(plain_pipe)
+    L.apply(plain_pipe, lo)
+    assert np.array_equal(unet_out(plain_pipe), base)
+    L.remove(plain_pipe)
 
 
-def test_sdxl_text_encoders(sd):
-    pipe = tiny.build_pipeline(sd, tiny.TinyConfig(sdxl=True))
+def test_sdxl_text_encoders(plain_sd):
+    plain_pipe = tiny.build_pipeline(plain_sd, tiny.TinyConfig(sdxl=True))
     t = {}
-    for comp, model in (("te1", pipe.text_encoder_1), ("te2", pipe.text_encoder_2)):
+    for comp, model in (
+        ("te1", plain_pipe.text_encoder_1),
+        ("te2", plain_pipe.text_encoder_2),
+    ):
         t.update(
             synth.random_tensors(model, comp, synth.target_paths(model), sdxl=True)
         )
@@ -196,28 +196,28 @@ def test_sdxl_text_encoders(sd):
     assert any(k.startswith("lora_te2_") for k in t) and any(
         k.startswith("lora_te1_") for k in t
     )
-    before2 = params(pipe.text_encoder_2)
-    L.fuse(pipe, lo)
+    before2 = params(plain_pipe.text_encoder_2)
+    L.fuse(plain_pipe, lo)
     assert any(
         not np.array_equal(v, before2[k])
-        for k, v in params(pipe.text_encoder_2).items()
+        for k, v in params(plain_pipe.text_encoder_2).items()
     )
-    L.unfuse(pipe)
-    for k, v in params(pipe.text_encoder_2).items():
+    L.unfuse(plain_pipe)
+    for k, v in params(plain_pipe.text_encoder_2).items():
         assert np.array_equal(v, before2[k])
 
 
 # ---- validation: clear errors, never a silent partial load
 
 
-def _one(pipe, fmt="kohya"):
+def _one(plain_pipe, fmt="kohya"):
     return synth.random_tensors(
-        pipe.unet, "unet", synth.target_paths(pipe.unet)[:2], fmt=fmt
+        plain_pipe.unet, "unet", synth.target_paths(plain_pipe.unet)[:2], fmt=fmt
     )
 
 
-def test_unknown_keys_raise_or_report(pipe, tmp_path):
-    t = _one(pipe)
+def test_unknown_keys_raise_or_report(plain_pipe, tmp_path):
+    t = _one(plain_pipe)
     t["lora_unet_x.hada_w1_a"] = mx.zeros((2, 2))
     with pytest.raises(L.LoRAError, match="hada_w1_a"):
         L.from_tensors(t)
@@ -226,8 +226,8 @@ def test_unknown_keys_raise_or_report(pipe, tmp_path):
     assert len(lo.layers) == 2
 
 
-def test_unmatched_module_raises_or_reports(pipe):
-    t = _one(pipe)
+def test_unmatched_module_raises_or_reports(plain_pipe):
+    t = _one(plain_pipe)
     t.update(
         {
             "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": mx.zeros(
@@ -240,23 +240,23 @@ def test_unmatched_module_raises_or_reports(pipe):
     )
     lo = L.from_tensors(t)
     with pytest.raises(L.LoRAError, match="down_blocks.7.attentions.0.proj_in"):
-        L.apply(pipe, lo)
-    assert L.active(pipe) == {}  # nothing applied on failure
-    reports = L.apply(pipe, lo, skip_mismatched=True)
+        L.apply(plain_pipe, lo)
+    assert L.active(plain_pipe) == {}  # nothing applied on failure
+    reports = L.apply(plain_pipe, lo, skip_mismatched=True)
     assert len(reports[0].matched) == 2 and len(reports[0].skipped) == 1
-    L.remove(pipe)
+    L.remove(plain_pipe)
 
 
-def test_shape_mismatch_names_key(pipe):
-    t = _one(pipe)
+def test_shape_mismatch_names_key(plain_pipe):
+    t = _one(plain_pipe)
     k = next(k for k in t if k.endswith("lora_up.weight"))
     t[k] = mx.zeros((t[k].shape[0] + 1, t[k].shape[1]))
     with pytest.raises(L.LoRAError, match="Linear weight is"):
-        L.fuse(pipe, L.from_tensors(t))
+        L.fuse(plain_pipe, L.from_tensors(t))
 
 
-def test_rank_alpha_nan_missing(pipe, tmp_path):
-    t = _one(pipe)
+def test_rank_alpha_nan_missing(plain_pipe, tmp_path):
+    t = _one(plain_pipe)
     k = next(k for k in t if k.endswith("lora_up.weight"))
     bad = dict(t)
     bad[k] = mx.zeros((t[k].shape[0], 3))
@@ -282,10 +282,10 @@ def test_rank_alpha_nan_missing(pipe, tmp_path):
         L.load_lora(tmp_path / "x.safetensors")
 
 
-def test_save_load_round_trip(pipe, tmp_path):
-    paths = synth.target_paths(pipe.unet, ["attn", "ff", "conv", "proj"])
+def test_save_load_round_trip(plain_pipe, tmp_path):
+    paths = synth.target_paths(plain_pipe.unet, ["attn", "ff", "conv", "proj"])
     lo = L.from_tensors(
-        synth.random_tensors(pipe.unet, "unet", paths, rank=4, alpha=3.0)
+        synth.random_tensors(plain_pipe.unet, "unet", paths, rank=4, alpha=3.0)
     )
     for fmt in ("kohya", "diffusers"):
         f = L.save_lora(
@@ -300,7 +300,7 @@ def test_save_load_round_trip(pipe, tmp_path):
             assert back.layers[k].alpha == layer.alpha
 
 
-def test_separate_ff_halves_save_exactly(pipe, tmp_path):
+def test_separate_ff_halves_save_exactly(plain_pipe, tmp_path):
     """Trained linear1/linear2 LoRAs with separate A are saved as one exact block-diagonal layer."""
     p = "mid_blocks.1.transformer_blocks.0."
     k = mx.random.split(mx.random.key(2), 4)

@@ -10,15 +10,10 @@ import pytest
 from PIL import Image
 
 from pulse_plugin import lora as L
-from pulse_plugin import tiny, upstream
+from pulse_plugin import tiny
 from pulse_plugin.lora import train as T
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-@pytest.fixture(scope="module")
-def sd():
-    return upstream.load(patched=False)
 
 
 def make_dataset(folder, size=16, n=6):
@@ -51,8 +46,8 @@ def config(tmp_path, **kw):
     return T.TrainConfig(**base)
 
 
-def test_training_lowers_loss_and_round_trips(sd, tmp_path):
-    pipe = tiny.build_pipeline(sd)
+def test_training_lowers_loss_and_round_trips(plain_sd, tmp_path):
+    pipe = tiny.build_pipeline(plain_sd)
     data = make_dataset(tmp_path / "data")
     cfg = config(tmp_path)
     before = T.dataset_loss(pipe, data, cfg)
@@ -73,16 +68,16 @@ def test_training_lowers_loss_and_round_trips(sd, tmp_path):
     assert np.isfinite(result.losses).all() and len(result.losses) == 30
 
 
-def test_resume_is_exact(sd, tmp_path):
+def test_resume_is_exact(plain_sd, tmp_path):
     data = make_dataset(tmp_path / "data", n=3)
     full = T.train(
-        tiny.build_pipeline(sd),
+        tiny.build_pipeline(plain_sd),
         data,
         config(
             tmp_path / "a", steps=4, batch_size=2, checkpoint_every=2, targets=("attn",)
         ),
     )
-    pipe = tiny.build_pipeline(sd)
+    pipe = tiny.build_pipeline(plain_sd)
     cfg_b = config(
         tmp_path / "b", steps=2, batch_size=2, checkpoint_every=2, targets=("attn",)
     )
@@ -105,8 +100,8 @@ def test_resume_is_exact(sd, tmp_path):
     assert L.active(pipe) == {}
 
 
-def test_sdxl_training_runs(sd, tmp_path):
-    pipe = tiny.build_pipeline(sd, tiny.TinyConfig(sdxl=True))
+def test_sdxl_training_runs(plain_sd, tmp_path):
+    pipe = tiny.build_pipeline(plain_sd, tiny.TinyConfig(sdxl=True))
     data = make_dataset(tmp_path / "data", n=2)
     res = T.train(
         pipe, data, config(tmp_path, steps=2, batch_size=2, targets=("attn",))
