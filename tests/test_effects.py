@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from pulse_plugin.toy import effects as E
@@ -43,6 +44,13 @@ def mean(values) -> float:
     return E.summary(values)[0]
 
 
+def assert_moves(base, after, by: float) -> None:
+    """after - base beyond by (its sign is the direction): on average, and image by image."""
+    sign = np.sign(by)
+    assert sign * (mean(after) - mean(base)) > abs(by)
+    assert (sign * (after - base) > 0).mean() >= 0.75  # not one outlier
+
+
 # ------------------------------------------------------------------ injection
 
 
@@ -56,9 +64,8 @@ def test_injection_turns_the_object_blue(injection):
     # every cross-attention site: blueness -0.94 -> +0.82 (shift +1.76; per
     # seed +1.76 +1.78 +1.75 +1.76). Threshold half the shift.
     base, full = injection["baseline"], injection["all blocks"]
-    assert mean(full) - mean(base) > 0.88
+    assert_moves(base, full, 0.88)
     assert mean(full) > 0.4  # blue, not just less red
-    assert (full > base).mean() >= 0.75  # image by image, not one outlier
 
 
 def test_injection_empty_window_is_bit_identical(injection):
@@ -114,25 +121,19 @@ def test_masking_the_colour_word_removes_the_colour(token_weights):
     # "a blue circle on the left" with "blue" masked: blue score +0.49 -> -0.33
     # (per seed -0.82 -0.82 -0.81 -0.82); every object comes out red, the
     # model's colour for captions that name none ("a circle on the left").
-    base, masked = token_weights["baseline"], token_weights["masked"]
-    assert mean(base) - mean(masked) > 0.4
-    assert (masked < base).mean() >= 0.75
+    assert_moves(token_weights["baseline"], token_weights["masked"], -0.4)
 
 
 def test_down_weighting_the_colour_word_weakens_it(token_weights):
     # "blue" x0.3: +0.49 -> +0.37 (per seed -0.13 -0.12 -0.13 -0.11)
-    base, down = token_weights["baseline"], token_weights["down-weighted x0.3"]
-    assert mean(base) - mean(down) > 0.055
-    assert (down < base).mean() >= 0.75
+    assert_moves(token_weights["baseline"], token_weights["down-weighted x0.3"], -0.055)
 
 
 def test_up_weighting_the_colour_word_strengthens_it(token_weights):
     # "blue" x3: +0.49 -> +0.54 (per seed +0.051 +0.051 +0.054 +0.048); the
     # drawn blue is already near the palette's (+0.67), so the gain is small
     # but steady. A re-weighting that did nothing would give exactly 0.
-    base, up = token_weights["baseline"], token_weights["up-weighted x3"]
-    assert mean(up) - mean(base) > 0.024
-    assert (up > base).mean() >= 0.75
+    assert_moves(token_weights["baseline"], token_weights["up-weighted x3"], 0.024)
 
 
 # ------------------------------------------------------------------ bending
