@@ -65,14 +65,6 @@ def colour_scores(
     return np.array([colour_score(im, colour, region) for im in _batch(images)])
 
 
-def colour_fraction(
-    images: np.ndarray, colour: str, region: Optional[np.ndarray] = None
-) -> float:
-    """Fraction of images whose drawn pixels (in region) classify as colour."""
-    hits = [quality.classify(im, region).colour == colour for im in _batch(images)]
-    return float(np.mean(hits))
-
-
 def centroid(image: np.ndarray) -> Tuple[float, float]:
     """(x, y) of the drawn pixels as fractions of the image size; NaN if none."""
     image = np.asarray(image, np.float32)
@@ -100,25 +92,6 @@ def foreground_fraction(
         inside = (fg & region).sum() if region is not None else total
         out.append(inside / total if total else float("nan"))
     return np.array(out, np.float64)
-
-
-def map_centroid(m: np.ndarray) -> Tuple[float, float]:
-    """(x, y) of an attention map's mass (its minimum subtracted), fractions of its size."""
-    m = np.asarray(m, np.float64)
-    m = m - m.min()
-    total = m.sum()
-    if total <= 0:
-        return 0.5, 0.5
-    h, w = m.shape
-    xs = (np.arange(w) + 0.5) / w
-    ys = (np.arange(h) + 0.5) / h
-    return float((m.sum(0) * xs).sum() / total), float((m.sum(1) * ys).sum() / total)
-
-
-def map_mass(m: np.ndarray, region: np.ndarray) -> float:
-    """Share of an attention map's mass inside a boolean region of the same shape."""
-    m = np.asarray(m, np.float64)
-    return float(m[region].sum() / max(m.sum(), 1e-12))
 
 
 def summary(values: Sequence[float]) -> Tuple[float, float]:
@@ -245,9 +218,6 @@ def captured(
 
 RED_LEFT = "a red circle on the left"
 BLUE_LEFT = "a blue circle on the left"
-RED_CENTRE = "a red square in the centre"
-BLUE_CENTRE = "a blue square in the centre"
-CIRCLE_CENTRE = "a red circle in the centre"
 TWO = "a yellow circle on the left and a red square on the right"
 TWO_NEW = "a blue circle on the left and a green square on the right"
 
