@@ -147,8 +147,8 @@ def bending(runs):
 def test_bending_translate_moves_the_object_right(bending):
     # the maps of "red", "circle" and "left" in "a red circle on the left"
     # shifted right by half the width: object centroid x 0.25 -> 0.79 (per
-    # seed +0.54 +0.57 +0.52 +0.55), drawn pixels in the right half 0.0 ->
-    # 1.0; some objects change colour on the way (red to brown or green).
+    # seed +0.54 +0.57 +0.52 +0.55), drawn pixels in the right half 0.02 ->
+    # 1.00; some objects change colour on the way (red to brown or green).
     gain = mean(bending["translate: object x"]) - mean(bending["baseline: object x"])
     assert gain > 0.25
     assert mean(bending["translate: share in right half"]) > 0.8
