@@ -2,11 +2,14 @@
 
 Upstream's attention sites are named ``part.block.attention.layer``
 (``down.1.0.0``, ``mid.0.0``, ``up.0.2.1``); ``up`` blocks are numbered in
-execution order, so ``up.0`` is the lowest resolution. CorePulse's names
-(``input:N``, ``middle:0``, ``output:N``) follow the original LDM numbering
-(``input_blocks`` counts conv_in, every resnet and every downsampler;
-``output_blocks`` counts every resnet of the up path) and select every
-transformer layer of that spatial transformer.
+execution order, so ``up.0`` is the lowest resolution, as diffusers numbers
+``up_blocks``. CorePulse's names (``input:N``, ``middle:0``, ``output:N``)
+are diffusers' block indices, as CorePulse's own block mapper reads them:
+``input:N`` is ``down_blocks[N]``, ``output:N`` is ``up_blocks[N]``, each with
+every attention and transformer layer in it. The original LDM/SGM numbering
+(``input_blocks.N``, ``middle_block``, ``output_blocks.N``: conv_in, every
+resnet and every downsampler counted), which ComfyUI and kohya's SGM LoRA
+names use, selects one spatial transformer.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ class Site:
     attention: int
     layer: int
     level: int  # 0 = highest resolution (the latent's own size)
-    corepulse: str
+    corepulse: str  # input:N / middle:0 / output:N (diffusers' block index)
+    ldm: str  # input_blocks.N / middle_block / output_blocks.N
+
+    @property
+    def diffusers(self) -> str:
+        """The diffusers module path of this site's transformer block."""
+        block = (
+            "mid_block" if self.part == "mid" else f"{self.part}_blocks.{self.block}"
+        )
+        return f"{block}.attentions.{self.attention}.transformer_blocks.{self.layer}"
 
 
 def _parse(block_id: str):
@@ -40,7 +52,7 @@ def _parse(block_id: str):
 
 
 def describe(unet) -> List[Site]:
-    """The UNet's attention sites in execution order, with level and CorePulse name."""
+    """The UNet's attention sites in execution order, with level, CorePulse and LDM names."""
     hooks = getattr(unet, "hooks", None)
     if hooks is None:
         raise ValueError("unet: expected a patched upstream UNetModel with .hooks")
@@ -59,12 +71,13 @@ def describe(unet) -> List[Site]:
     for block_id in hooks.sites:
         part, b, a, layer = _parse(block_id)
         if part == "down":
-            level, name = b, f"input:{input_start[b] + a}"
+            level, name, ldm = b, f"input:{b}", f"input_blocks.{input_start[b] + a}"
         elif part == "up":
-            level, name = n - 1 - b, f"output:{output_start[b] + a}"
+            level, name = n - 1 - b, f"output:{b}"
+            ldm = f"output_blocks.{output_start[b] + a}"
         else:
-            level, name = n - 1, "middle:0"
-        sites.append(Site(block_id, part, b, a, layer, level, name))
+            level, name, ldm = n - 1, "middle:0", "middle_block"
+        sites.append(Site(block_id, part, b, a, layer, level, name, ldm))
     return sites
 
 
@@ -83,6 +96,7 @@ def names(sites: Sequence[Site]) -> List[str]:
         {f"{s.part}.{s.block}.{s.attention}" for s in sites if s.part != "mid"}
     )
     out += list(dict.fromkeys(s.corepulse for s in sites))
+    out += list(dict.fromkeys(s.ldm for s in sites))
     out += [s.block_id for s in sites]
     return list(dict.fromkeys(out))
 
@@ -115,6 +129,8 @@ def _one(name: str, sites: Sequence[Site]) -> List[str]:
         return [s.block_id for s in sites if f"level:{s.level}" == key]
     if ":" in key:
         return [s.block_id for s in sites if s.corepulse == key]
+    if key.startswith(("input_blocks.", "output_blocks.")) or key == "middle_block":
+        return [s.block_id for s in sites if s.ldm == key]
     return [
         s.block_id
         for s in sites
@@ -141,12 +157,16 @@ def resolve(selector: Selector, sites: Sequence[Site]) -> List[str]:
 
 
 def table(sites: Iterable[Site]) -> str:
-    """A Markdown table: CorePulse name -> upstream ids, level and part."""
+    """A Markdown table: CorePulse name -> LDM names, upstream ids and level."""
     rows: Dict[str, List[Site]] = {}
     for s in sites:
         rows.setdefault(s.corepulse, []).append(s)
-    lines = ["| CorePulse | upstream block ids | level |", "|---|---|---|"]
+    lines = [
+        "| CorePulse | LDM / SGM | upstream block ids | level |",
+        "|---|---|---|---|",
+    ]
     for name, group in rows.items():
+        ldm = ", ".join(f"`{n}`" for n in dict.fromkeys(s.ldm for s in group))
         ids = ", ".join(f"`{s.block_id}`" for s in group)
-        lines.append(f"| `{name}` | {ids} | {group[0].level} |")
+        lines.append(f"| `{name}` | {ldm} | {ids} | {group[0].level} |")
     return "\n".join(lines)

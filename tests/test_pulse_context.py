@@ -106,7 +106,9 @@ def test_selectors_sd_and_sdxl(pipe, xl):
     sites = describe(pipe.unet)
     assert list_blocks(pipe) == pipe.unet.hooks.sites
     assert resolve("middle:0", sites) == ["mid.0.0"]
-    assert resolve("input:1", sites) == ["down.0.0.0"]
+    assert resolve("input:0", sites) == ["down.0.0.0"]
+    assert resolve("input_blocks.1", sites) == ["down.0.0.0"]
+    assert resolve("middle_block", sites) == ["mid.0.0"]
     assert resolve("detail", sites) == ["down.0.0.0", "up.2.0.0", "up.2.1.0"]
     assert resolve("mid-level", sites) == ["down.1.0.0", "up.1.0.0", "up.1.1.0"]
     assert resolve("structure", sites) == [
@@ -117,16 +119,29 @@ def test_selectors_sd_and_sdxl(pipe, xl):
     ]
     assert resolve(["up.0", "mid"], sites) == ["mid.0.0", "up.0.0.0", "up.0.1.0"]
     assert len(resolve("all", sites)) == len(sites)
-    with pytest.raises(ValueError, match="valid names.*'input:1'"):
+    with pytest.raises(ValueError, match="valid names.*'input:0'"):
         resolve("input:99", sites)
     with pytest.raises(ValueError, match="valid names"):
         resolve("down.7", sites)
     xs = describe(xl.unet)
-    # SDXL: no attention in down 0 / the last up block; LDM numbering as CorePulse uses it
-    assert resolve("input:4", xs) == ["down.1.0.0", "down.1.0.1"]
-    assert resolve("input:7", xs) == ["down.2.0.0", "down.2.0.1"]
-    assert resolve("output:0", xs) == ["up.0.0.0", "up.0.0.1"]
-    assert resolve("output:5", xs) == ["up.1.2.0", "up.1.2.1"]
+    # SDXL: no attention in down 0 / the last up block. CorePulse's names are
+    # diffusers' block indices (every attention of the block); SGM's count resnets.
+    assert resolve("input:1", xs) == [
+        "down.1.0.0",
+        "down.1.0.1",
+        "down.1.1.0",
+        "down.1.1.1",
+    ]
+    assert resolve("input_blocks.4", xs) == ["down.1.0.0", "down.1.0.1"]
+    assert resolve("input_blocks.7", xs) == ["down.2.0.0", "down.2.0.1"]
+    assert resolve("output_blocks.0", xs) == ["up.0.0.0", "up.0.0.1"]
+    assert resolve("output_blocks.5", xs) == ["up.1.2.0", "up.1.2.1"]
+    assert resolve("output:1", xs) == [
+        f"up.1.{a}.{t}" for a in range(3) for t in (0, 1)
+    ]
+    for refused in ("input:0", "output:2", "input_blocks.1"):
+        with pytest.raises(ValueError, match="matches no attention site"):
+            resolve(refused, xs)
     with pytest.raises(ValueError, match="only 2 resolution levels"):
         resolve("mid-level", xs)
 
