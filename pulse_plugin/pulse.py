@@ -30,15 +30,18 @@ import mlx.core as mx
 from . import patchset
 from .chain import Call, Link, Next, SiteChain
 from .masks import as_mask
+from .prompt_weights import WeightedPrompt, parse
 from .schedule import PlannedStep, miss_message, planned_schedule
 from .selectors import Selector, describe, resolve
 from .techniques.base import Technique, window_of
+from .techniques.embedding_weights import EmbeddingWeights
 from .techniques.injection import Injection, encode_prompt
 from .techniques.regional import Region, RegionalInjection
 from .techniques.reweight import TokenReweight
 from .techniques.self_attention import SelfAttentionControl
-from .tokens import find_phrase_pipeline
+from .tokens import find_phrase_pipeline, span_positions_pipeline
 
+WEIGHT_MODES = ("attention", "embedding")
 PATCH_COMMAND = "python tools/patchset.py apply PATH/TO/mlx-examples"
 HOOKS_PATH = "stable_diffusion/stable_diffusion/hooks.py"
 Key = Tuple[str, str]
@@ -315,6 +318,62 @@ class Pulse:
                 mask=None if mask is None else as_mask(mask),
             )
         )
+
+    def prompt_weights(
+        self,
+        prompt: Union[str, WeightedPrompt],
+        syntax: str = "a1111",
+        mode: str = "attention",
+        block: Selector = "all",
+        sigma_start: Optional[float] = None,
+        sigma_end: Optional[float] = None,
+        *,
+        steps: Optional[Tuple[Optional[int], Optional[int]]] = None,
+        rows: str = "cond",
+    ) -> List[Technique]:
+        """Weights written in the prompt (A1111's or compel's syntax), on attention or embeddings.
+
+        Generate with ``parse(prompt, syntax).text``, the prompt without the marks.
+        ``mode="attention"`` scales each weighted phrase's attention probabilities
+        (as ``reweight``); ``mode="embedding"`` scales its token embeddings and
+        restores their mean, as A1111 does.
+        """
+        weighted = (
+            prompt if isinstance(prompt, WeightedPrompt) else parse(prompt, syntax)
+        )
+        if mode not in WEIGHT_MODES:
+            raise ValueError(f"mode: expected one of {WEIGHT_MODES}, got {mode!r}")
+        text = weighted.text
+        if self.prompt is not None and self.prompt != text:
+            raise PulseError(
+                f"prompt: Pulse was given {self.prompt!r}, the weighted prompt's text is"
+                f" {text!r}; generate with (and give Pulse) the text without the marks"
+            )
+        spans = weighted.spans()
+        found = [
+            (span_positions_pipeline(self.pipe, text, s.start, s.end), s) for s in spans
+        ]
+        window = window_of(sigma_start, sigma_end, steps)
+        blocks = tuple(self.blocks(block))
+        if mode == "embedding":
+            weights = tuple((p, s.weight) for ps, s in found for p in ps)
+            if not weights:
+                return []
+            return [self.add(EmbeddingWeights(blocks, "cross", window, rows, weights))]
+        for _, span in found:
+            if span.weight < 0:
+                raise ValueError(
+                    f"weight of {span.phrase!r}: {span.weight} < 0 cannot scale attention"
+                    " probabilities; use mode='embedding' (A1111's behaviour)"
+                )
+        return [
+            self.add(
+                TokenReweight(
+                    blocks, "cross", window, rows, positions=tuple(ps), scale=s.weight
+                )
+            )
+            for ps, s in found
+        ]
 
     def mask_tokens(
         self, phrase: str, block: Selector = "all", **kwargs

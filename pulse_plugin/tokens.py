@@ -1,4 +1,4 @@
-"""Phrase -> token positions with upstream's own tokenizer, and ``(phrase:1.5)`` syntax.
+"""Phrase -> token positions with upstream's own tokenizer.
 
 Positions index the token sequence upstream feeds the text encoder: BOS is
 position 0, so the prompt's first word starts at 1. Matching is by whole
@@ -9,7 +9,7 @@ word that BPE splits into several tokens contributes all of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import regex
 
@@ -80,8 +80,8 @@ def find_phrase(tokenizer, prompt: str, phrase: str) -> List[int]:
     )
 
 
-def find_phrase_pipeline(pipe, prompt: str, phrase: str) -> List[int]:
-    """find_phrase with a pipeline's tokenizer(s); SDXL's two tokenizers must agree."""
+def _agreed(pipe, what: str, find: Callable[[object], List[int]]) -> List[int]:
+    """find(tokenizer) with each of a pipeline's tokenizers; SDXL's two must agree."""
     tokenizers = [
         getattr(pipe, n)
         for n in ("tokenizer", "tokenizer_1", "tokenizer_2")
@@ -89,113 +89,41 @@ def find_phrase_pipeline(pipe, prompt: str, phrase: str) -> List[int]:
     ]
     if not tokenizers:
         raise ValueError("pipe: expected a StableDiffusion(XL) object with a tokenizer")
-    found = [find_phrase(t, prompt, phrase) for t in tokenizers]
+    found = [find(t) for t in tokenizers]
     if any(f != found[0] for f in found[1:]):
-        raise ValueError(
-            f"phrase {phrase!r}: the tokenizers disagree on its positions: {found}"
-        )
+        raise ValueError(f"{what}: the tokenizers disagree on its positions: {found}")
     return found[0]
+
+
+def find_phrase_pipeline(pipe, prompt: str, phrase: str) -> List[int]:
+    """find_phrase with a pipeline's tokenizer(s); SDXL's two tokenizers must agree."""
+    return _agreed(pipe, f"phrase {phrase!r}", lambda t: find_phrase(t, prompt, phrase))
+
+
+def whole_word_positions(tokenizer, prompt: str, start: int, end: int) -> List[int]:
+    """Token positions of the words in characters [start, end) of clean(prompt).
+
+    ValueError if a word is only partly inside: its tokens cannot be split.
+    """
+    ws = words(tokenizer, prompt)
+    _check_length(tokenizer, prompt, ws)
+    inside = [w for w in ws if w.start < end and w.end > start]
+    for w in inside:
+        if w.start < start or w.end > end:
+            raise ValueError(
+                f"prompt {prompt!r}: a weight covers part of the word {w.text!r} only;"
+                " weights apply to whole words here"
+            )
+    return [p for w in inside for p in w.positions]
+
+
+def span_positions_pipeline(pipe, prompt: str, start: int, end: int) -> List[int]:
+    """whole_word_positions with a pipeline's tokenizer(s)."""
+    what = f"characters {start}-{end} of {prompt!r}"
+    return _agreed(pipe, what, lambda t: whole_word_positions(t, prompt, start, end))
 
 
 def prompt_length(pipe, prompt: str) -> int:
     """Number of tokens upstream gives prompt (BOS and EOS included)."""
     tokenizer = getattr(pipe, "tokenizer", None) or pipe.tokenizer_1
     return len(tokenizer.tokenize(prompt))
-
-
-@dataclass(frozen=True)
-class WeightedSpan:
-    """A phrase of a parsed prompt with its weight and its characters in the clean text."""
-
-    phrase: str
-    weight: float
-    start: int
-    end: int
-
-
-def parse_weights(prompt: str, step: float = 1.1) -> Tuple[str, List[WeightedSpan]]:
-    """Parse ``(phrase:1.5)``, ``(phrase)`` (x step), ``[phrase]`` (/ step); nesting multiplies.
-
-    Returns the prompt without the syntax (as upstream should see it) and the
-    weighted spans in it; ``\\(`` and friends escape a bracket.
-    """
-    out: List[str] = []
-    stack: List[Tuple[str, int]] = []  # (opening bracket, start in out)
-    spans: List[Tuple[int, int, float]] = []
-    i = 0
-    while i < len(prompt):
-        c = prompt[i]
-        if c == "\\" and i + 1 < len(prompt) and prompt[i + 1] in "()[]":
-            out.append(prompt[i + 1])
-            i += 2
-            continue
-        if c in "([":
-            stack.append((c, len("".join(out))))
-        elif c in ")]":
-            if not stack or stack[-1][0] != ("(" if c == ")" else "["):
-                raise ValueError(
-                    f"prompt: unbalanced {c!r} at character {i} of {prompt!r}"
-                )
-            opening, start = stack.pop()
-            text = "".join(out)
-            weight = step if opening == "(" else 1 / step
-            if opening == "(":
-                m = regex.search(r":\s*([0-9]*\.?[0-9]+)\s*$", text[start:])
-                if m:
-                    weight = float(m.group(1))
-                    out = [text[: start + m.start()]]
-            end = len("".join(out))
-            spans.append((start, end, weight))
-        else:
-            out.append(c)
-        i += 1
-    if stack:
-        raise ValueError(f"prompt: unclosed {stack[-1][0]!r} in {prompt!r}")
-    text = "".join(out)
-    char_w = [1.0] * len(text)
-    for start, end, weight in spans:
-        for k in range(start, end):
-            char_w[k] *= weight
-    # normalise whitespace the way the tokenizer does, keeping each character's weight
-    cleaned: List[str] = []
-    weights: List[float] = []
-    for ch, w in zip(text, char_w):
-        if ch.isspace():
-            if cleaned and cleaned[-1] == " ":
-                continue
-            ch = " "
-        cleaned.append(ch.lower())
-        weights.append(w)
-    final = "".join(cleaned)
-    weighted: List[WeightedSpan] = []
-    k = 0
-    while k < len(final):
-        j = k
-        while j < len(final) and (weights[j] == weights[k] or final[j] == " "):
-            j += 1
-        phrase = final[k:j].strip()
-        if weights[k] != 1.0 and phrase:
-            s0 = k + (len(final[k:j]) - len(final[k:j].lstrip()))
-            weighted.append(WeightedSpan(phrase, weights[k], s0, s0 + len(phrase)))
-        k = j if j > k else k + 1
-    return final, weighted
-
-
-def span_positions(tokenizer, prompt: str, start: int, end: int) -> List[int]:
-    """Token positions of the words overlapping characters [start, end) of clean(prompt)."""
-    return [
-        p
-        for w in words(tokenizer, prompt)
-        if w.start < end and w.end > start
-        for p in w.positions
-    ]
-
-
-def weighted_positions(
-    tokenizer, prompt: str, step: float = 1.1
-) -> Tuple[str, List[Tuple[List[int], float]]]:
-    """Parse the weight syntax; return the clean prompt and (token positions, weight) per span."""
-    text, spans = parse_weights(prompt, step)
-    return text, [
-        (span_positions(tokenizer, text, s.start, s.end), s.weight) for s in spans
-    ]

@@ -1,14 +1,9 @@
-"""Phrase -> token positions through upstream's tokenizer, and the weight syntax."""
+"""Phrase -> token positions through upstream's tokenizer."""
 
 import pytest
 
 from pulse_plugin import tiny, upstream
-from pulse_plugin.tokens import (
-    find_phrase,
-    find_phrase_spans,
-    parse_weights,
-    weighted_positions,
-)
+from pulse_plugin.tokens import find_phrase, find_phrase_spans, whole_word_positions
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +41,11 @@ def test_missing_phrase_names_the_words(tok):
         find_phrase(tok, "a red cat", "dog")
 
 
-def test_weight_syntax(tok):
-    text, spans = parse_weights("a (red:1.5) cat, ((blue)) [dog] \\(x\\)")
-    assert text == "a red cat, blue dog (x)"
-    assert [(s.phrase, round(s.weight, 6)) for s in spans] == [
-        ("red", 1.5),
-        ("blue", 1.21),
-        ("dog", round(1 / 1.1, 6)),
-    ]
-    text, pos = weighted_positions(tok, "a (red cat:2) dog")
-    assert pos == [(find_phrase(tok, text, "red cat"), 2.0)]
-    with pytest.raises(ValueError, match="unbalanced"):
-        parse_weights("a red) cat")
+def test_whole_word_positions(tok):
+    prompt = "a red cartoon cat"
+    start = prompt.index("red cartoon")
+    assert whole_word_positions(tok, prompt, start, start + len("red cartoon")) == (
+        find_phrase(tok, prompt, "red cartoon")
+    )
+    with pytest.raises(ValueError, match="part of the word 'cartoon'"):
+        whole_word_positions(tok, prompt, start, start + len("red car"))

@@ -54,11 +54,15 @@ def row_mask(batch: int, rows: slice) -> np.ndarray:
     return out
 
 
-def blend(base: mx.array, other: mx.array, weight, rows: slice) -> mx.array:
-    """base + weight * (other - base) on rows (other holds only those rows); base elsewhere."""
-    edited = base[rows] + weight * (other - base[rows])
+def replace_rows(base: mx.array, edited: mx.array, rows: slice) -> mx.array:
+    """base with its rows replaced by edited (which holds only those rows)."""
     parts = [base[: rows.start], edited, base[rows.stop :]]
     return mx.concatenate([p for p in parts if p.shape[0]], axis=0)
+
+
+def blend(base: mx.array, other: mx.array, weight, rows: slice) -> mx.array:
+    """base + weight * (other - base) on rows (other holds only those rows); base elsewhere."""
+    return replace_rows(base, base[rows] + weight * (other - base[rows]), rows)
 
 
 def window_of(
