@@ -309,7 +309,17 @@ def recover(root: Path) -> Optional[Recovery]:
     """Finish or undo an interrupted change under root; None if there was none."""
     root = Path(os.path.realpath(root))
     with locked(root):
-        return _recover_locked(root)
+        try:
+            return _recover_locked(root)
+        except JournalError:
+            raise
+        except BaseException as err:
+            raise WriteError(
+                f"finishing or undoing the interrupted change in {root} failed "
+                f"({describe_os_error(err)}); the journal {root / JOURNAL} is kept "
+                "and the next run tries again",
+                changed=True,
+            ) from err
 
 
 def _missing_dirs(root: Path, rels: List[str]) -> List[str]:
@@ -408,7 +418,7 @@ def _undo_after(root: Path, err: BaseException) -> None:
         recovery = _recover_locked(root)
     except BaseException as undo_err:
         raise WriteError(
-            f"{_what(err)}; undoing it failed too ({_what(undo_err)}): the tree is "
+            f"{describe_os_error(err)}; undoing it failed too ({describe_os_error(undo_err)}): the tree is "
             f"part-way; the journal {root / JOURNAL} keeps what is needed and the "
             "next run of the patch tool finishes the undo",
             changed=True,
@@ -419,11 +429,12 @@ def _undo_after(root: Path, err: BaseException) -> None:
     if completed:
         return
     if isinstance(err, OSError):
-        raise WriteError(f"{_what(err)}; undone: nothing was changed") from err
+        raise WriteError(f"{describe_os_error(err)} (undone)") from err
     raise err
 
 
-def _what(err: BaseException) -> str:
+def describe_os_error(err: BaseException) -> str:
+    """One line for an error, naming the file for an OSError."""
     if isinstance(err, OSError) and err.filename:
         return f"could not write {err.filename}: {err.strerror or err}"
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
