@@ -429,12 +429,12 @@ def _undo_after(root: Path, err: BaseException) -> None:
     if completed:
         return
     if isinstance(err, OSError):
-        raise WriteError(f"{describe_os_error(err)} (undone)") from err
+        raise WriteError(f"writing failed: {describe_os_error(err)} (undone)") from err
     raise err
 
 
 def describe_os_error(err: BaseException) -> str:
     """One line for an error, naming the file for an OSError."""
     if isinstance(err, OSError) and err.filename:
-        return f"could not write {err.filename}: {err.strerror or err}"
+        return f"{err.filename}: {err.strerror or err}"
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
