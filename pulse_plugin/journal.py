@@ -51,6 +51,10 @@ class JournalError(Exception):
 class UnsafePath(JournalError):
     """A path is a link, leaves the folder, or is not a regular file."""
 
+    def __init__(self, message: str, changed: bool = False):
+        super().__init__(message)
+        self.changed = changed
+
 
 class Busy(JournalError):
     """Another run holds the folder's lock."""
@@ -160,31 +164,38 @@ def _lstat(path: Path) -> Optional[os.stat_result]:
         return None
 
 
-def check_path(root: Path, rel: str) -> Optional[os.stat_result]:
-    """The stat of root/rel, None if absent; UnsafePath unless it is a regular file
-    reached through real folders inside root."""
-    root = Path(root)
-    path = root
+def _walk(root: Path, rel: str) -> Optional[os.stat_result]:
+    """The lstat of root/rel (None if absent), refusing links and non-folders on the way."""
     parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or not parts:
+        raise UnsafePath(f"refusing the path {rel!r}: it leaves {root}")
+    path = Path(root)
+    st: Optional[os.stat_result] = None
     for i, part in enumerate(parts):
         path = path / part
         st = _lstat(path)
         if st is None:
             return None
-        last = i == len(parts) - 1
         if stat.S_ISLNK(st.st_mode):
             raise UnsafePath(
                 f"{path} is a symbolic link (to {os.readlink(path)}); the patch tool "
                 f"does not follow links and writes only inside {root}"
             )
-        if not last and not stat.S_ISDIR(st.st_mode):
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
             raise UnsafePath(f"{path} is not a folder")
-        if last and not stat.S_ISREG(st.st_mode):
-            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise UnsafePath(f"{path} is {kind}; a file was expected there")
-    real = os.path.realpath(root / rel)
-    if os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
-        raise UnsafePath(f"{root / rel} resolves to {real}, outside {root}")
+    real, inside = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, inside]) != inside:
+        raise UnsafePath(f"{path} resolves to {real}, outside {root}")
+    return st
+
+
+def check_path(root: Path, rel: str) -> Optional[os.stat_result]:
+    """The lstat of root/rel, None if absent; UnsafePath unless it is a regular file
+    reached through real folders inside root."""
+    st = _walk(root, rel)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise UnsafePath(f"{Path(root) / rel} is {kind}; a file was expected there")
     return st
 
 
@@ -232,6 +243,37 @@ def _load(data: bytes) -> Optional[dict]:
     return json.loads(body)
 
 
+def _check_record(root: Path, record: dict) -> None:
+    """Refuse a journal this tool did not write: every name must stay inside root."""
+
+    def beside(name: str, rel: str) -> None:
+        if Path(name).parent != Path(rel).parent or Path(name).name in ("", ".."):
+            raise UnsafePath(f"{name!r} is not beside {rel!r}")
+
+    try:
+        for e in record["entries"]:
+            rel = Path(e["path"])
+            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                raise UnsafePath(f"{e['path']!r} leaves {root}")
+            if str(rel.parent) != ".":
+                _walk(root, str(rel.parent))  # real folders inside root
+            for key in ("tmp", "backup"):
+                if e[key] is not None:
+                    beside(e[key], e["path"])
+            for key in ("old", "new"):
+                if e[key] is not None and not isinstance(e[key], str):
+                    raise TypeError(f"{key} is not a hash")
+        for folder in record["dirs"]:
+            _walk(root, folder)
+        str(record["op"]), str(record["started"])
+    except (KeyError, TypeError, AttributeError, UnsafePath) as err:
+        raise UnsafePath(
+            f"{root / JOURNAL} is not a journal this tool wrote ({err}); "
+            "not acting on it: look at it, then remove it by hand",
+            changed=True,
+        ) from None
+
+
 def _state(path: Path) -> Tuple[str, Optional[str]]:
     """('absent', None), ('file', sha256) or ('other', None) without following links."""
     st = _lstat(path)
@@ -251,11 +293,14 @@ def _recover_locked(root: Path) -> Optional[Recovery]:
     if _lstat(journal) is None:
         return None
     if not stat.S_ISREG(os.lstat(journal).st_mode):
-        raise UnsafePath(f"{journal} is not a regular file; remove it by hand")
+        raise UnsafePath(
+            f"{journal} is not a regular file; remove it by hand", changed=True
+        )
     record = _load(journal.read_bytes())
     if record is None:
         _unlink(journal)
         return Recovery("change", "?", "discarded")
+    _check_record(root, record)
     entries = record["entries"]
     states = [_state(root / e["path"]) for e in entries]
     done = all(_is(s, e["new"]) for s, e in zip(states, entries))
@@ -361,7 +406,7 @@ def write_files(root: Path, changes: Dict[str, Change], op: str) -> List[str]:
             return []
         dirs = _missing_dirs(root, list(changes))
         for folder in dirs:
-            check_path(root, folder + "/x")
+            _walk(root, folder)
         record = {
             "op": op,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),

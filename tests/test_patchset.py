@@ -2,6 +2,7 @@
 
 import errno
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -752,3 +753,24 @@ def test_a_cached_tree_altered_after_it_was_made_is_rebuilt(
     again = upstream.prepared_tree(patched=True)
     assert again == root and (again / PKG / "unet.py").read_bytes() == good
     assert not (again / PKG / "extra.py").exists()
+
+
+@pytest.mark.parametrize("field", ["path", "backup"])
+def test_a_journal_naming_paths_outside_the_tree_is_not_acted_upon(
+    tree, tmp_path, field, monkeypatch
+):
+    with monkeypatch.context() as m:  # a real journal, left by a crash
+        m.setattr(journal, "_recover_locked", lambda root: None)
+        fault_at(m, 8, lambda path: KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            patchset.apply_series(tree, SERIES)
+    victim = tmp_path.parent / f"victim-{field}.py"
+    victim.write_text("precious\n")
+    text = (tree / journal.JOURNAL).read_text().splitlines()[0]
+    record = json.loads(text)
+    record["entries"][0][field] = os.path.relpath(victim, tree)
+    (tree / journal.JOURNAL).write_bytes(journal._dump(record))
+    before = full_snapshot(tree)
+    result = run_tool("status", str(tree))
+    assert result.returncode == 3 and "not a journal this tool wrote" in result.stderr
+    assert full_snapshot(tree) == before and victim.read_text() == "precious\n"
