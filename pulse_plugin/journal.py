@@ -436,7 +436,14 @@ def write_files(root: Path, changes: Dict[str, Change], op: str) -> List[str]:
         return [e["path"] for e in entries]
 
 
-def _make(root, entries, dirs, changes, modes) -> None:
+def _make(
+    root: Path,
+    entries: List[dict],
+    dirs: List[str],
+    changes: Dict[str, Change],
+    modes: Dict[str, Optional[int]],
+) -> None:
+    """Steps 2 and 3: temporary files and backups, then the renames into place."""
     for folder in dirs:
         _mkdir(root / folder)
     for e in entries:
