@@ -209,7 +209,8 @@ def read_file(root: Path, rel: str) -> Optional[bytes]:
 
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the folder, or raise Busy."""
+    """Hold an exclusive lock on the folder, or raise Busy (no lock where the file
+    system has none: the journal's exclusive creation still stops a second writer)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
@@ -218,6 +219,9 @@ def locked(root: Path) -> Iterator[None]:
             raise Busy(
                 f"another run of the patch tool is changing {root} now"
             ) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
         yield
     finally:
         os.close(fd)

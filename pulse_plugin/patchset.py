@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import journal
 
@@ -212,15 +212,19 @@ def _preview(block: List[str]) -> str:
     return repr(first[:60])
 
 
-class Text(NamedTuple):
-    """A text file's content with "\n" line ends, and whether it had CRLF ones."""
+class Text(str):
+    """A text file's content with "\n" line ends; ``crlf``: it had CRLF ones."""
 
-    body: str
-    crlf: bool = False
+    crlf: bool
 
-    def encode(self) -> bytes:
-        body = self.body.replace("\n", "\r\n") if self.crlf else self.body
-        return body.encode("utf-8")
+    def __new__(cls, body: str, crlf: bool = False) -> "Text":
+        text = super().__new__(cls, body)
+        text.crlf = crlf
+        return text
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes, with its own line endings."""
+        return (self.replace("\n", "\r\n") if self.crlf else str(self)).encode()
 
 
 def decode_text(data: bytes, rel: str) -> Text:
@@ -273,7 +277,7 @@ def apply_in_memory(
                 content = tree.get(fp.old_path)
                 if content is None:
                     raise PatchError(f"{patch.name}: {fp.old_path} is missing")
-                lines = content.body.splitlines(keepends=True)
+                lines = content.splitlines(keepends=True)
                 crlf = content.crlf
             new_lines = _apply_hunks(lines, fp, patch.name)
             if fp.new_path is None:
@@ -304,7 +308,7 @@ def applied_count(files: Files, patches: Sequence[Patch]) -> int:
 
 def tree_bytes(tree: Tree) -> Dict[str, Optional[bytes]]:
     """The bytes each file of a computed tree holds (None: absent)."""
-    return {rel: None if t is None else t.encode() for rel, t in tree.items()}
+    return {rel: None if t is None else t.to_bytes() for rel, t in tree.items()}
 
 
 def write_tree(root: Path, tree: Tree, op: str = "change") -> List[str]:

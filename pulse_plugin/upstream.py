@@ -84,7 +84,7 @@ def git_blob_hash(data: bytes) -> str:
 def _blob(rel: str, data: bytes) -> str:
     """The blob hash of a file as git stores it (CRLF checkouts read as LF)."""
     try:
-        return git_blob_hash(patchset.decode_text(data, rel).body.encode())
+        return git_blob_hash(str(patchset.decode_text(data, rel)).encode())
     except patchset.TreeError:
         return git_blob_hash(data)
 
@@ -233,17 +233,23 @@ def read_upstream(
 def _write_folder(dest: Path, files: Dict[str, bytes]) -> None:
     """Write files as dest/..., appearing all at once: staged, then one rename."""
     top = {Path(rel).parts[0] for rel in files}
+    made = not os.path.lexists(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".fetch.", suffix=".pulse-tmp", dir=dest))
     try:
-        for rel, data in files.items():
-            target = stage / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        for name in sorted(top):
-            os.rename(stage / name, dest / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        stage = Path(tempfile.mkdtemp(prefix=".fetch.", suffix=".pulse-tmp", dir=dest))
+        try:
+            for rel, data in files.items():
+                target = stage / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            for name in sorted(top):
+                os.rename(stage / name, dest / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    except BaseException:
+        if made:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 def fetch_upstream(
