@@ -484,29 +484,45 @@ def test_a_journal_cut_short_is_removed_and_said(tree, states):
     assert full_snapshot(tree) == states["plain"]
 
 
+def crash_after_first_rename(tree, monkeypatch):
+    """An apply that dies (no undo) after renaming __init__.py into place."""
+    with monkeypatch.context() as m:
+        fault_at(m, 8, lambda path: KeyboardInterrupt())
+        m.setattr(journal, "_recover_locked", lambda root: None)
+        with pytest.raises(KeyboardInterrupt):
+            patchset.apply_series(tree, SERIES)
+    assert (tree / journal.JOURNAL).exists()
+    return tree / PKG / "__init__.py"
+
+
 def test_a_file_changed_after_the_interruption_is_not_touched(
     tree, states, monkeypatch
 ):
-    with monkeypatch.context() as m:
-        fault_at(m, 8, lambda path: KeyboardInterrupt())  # after the first rename
-        m.setattr(journal, "_recover_locked", lambda root: None)  # no undo: a crash
-        with pytest.raises(KeyboardInterrupt):
-            patchset.apply_series(tree, SERIES)
-    changed = [
-        p for p in (tree / PKG).iterdir() if p.is_file() and not p.name.startswith(".")
-    ]
-    changed = [
-        p
-        for p in changed
-        if full_snapshot(tree).get(p.relative_to(tree))
-        != states["plain"].get(p.relative_to(tree))
-    ]
-    assert len(changed) == 1
-    changed[0].write_text("edited by hand\n")
+    renamed = crash_after_first_rename(tree, monkeypatch)
+    key = renamed.relative_to(tree)
+    assert full_snapshot(tree)[key] != states["plain"][key]
+    renamed.write_text("edited by hand\n")
     before = full_snapshot(tree)
     result = run_tool("status", str(tree))
     assert result.returncode == 3 and "neither as before nor as after" in result.stderr
     assert full_snapshot(tree) == before
+
+
+@pytest.mark.parametrize("field", ["path", "backup"])
+def test_a_journal_naming_paths_outside_the_tree_is_not_acted_upon(
+    tree, tmp_path, field, monkeypatch
+):
+    crash_after_first_rename(tree, monkeypatch)
+    victim = tmp_path.parent / f"victim-{field}.py"
+    victim.write_text("precious\n")
+    text = (tree / journal.JOURNAL).read_text().splitlines()[0]
+    record = json.loads(text)
+    record["entries"][0][field] = os.path.relpath(victim, tree)
+    (tree / journal.JOURNAL).write_bytes(journal._dump(record))
+    before = full_snapshot(tree)
+    result = run_tool("status", str(tree))
+    assert result.returncode == 3 and "not a journal this tool wrote" in result.stderr
+    assert full_snapshot(tree) == before and victim.read_text() == "precious\n"
 
 
 def test_a_run_while_another_holds_the_tree_is_refused(tree, states):
@@ -753,24 +769,3 @@ def test_a_cached_tree_altered_after_it_was_made_is_rebuilt(
     again = upstream.prepared_tree(patched=True)
     assert again == root and (again / PKG / "unet.py").read_bytes() == good
     assert not (again / PKG / "extra.py").exists()
-
-
-@pytest.mark.parametrize("field", ["path", "backup"])
-def test_a_journal_naming_paths_outside_the_tree_is_not_acted_upon(
-    tree, tmp_path, field, monkeypatch
-):
-    with monkeypatch.context() as m:  # a real journal, left by a crash
-        m.setattr(journal, "_recover_locked", lambda root: None)
-        fault_at(m, 8, lambda path: KeyboardInterrupt())
-        with pytest.raises(KeyboardInterrupt):
-            patchset.apply_series(tree, SERIES)
-    victim = tmp_path.parent / f"victim-{field}.py"
-    victim.write_text("precious\n")
-    text = (tree / journal.JOURNAL).read_text().splitlines()[0]
-    record = json.loads(text)
-    record["entries"][0][field] = os.path.relpath(victim, tree)
-    (tree / journal.JOURNAL).write_bytes(journal._dump(record))
-    before = full_snapshot(tree)
-    result = run_tool("status", str(tree))
-    assert result.returncode == 3 and "not a journal this tool wrote" in result.stderr
-    assert full_snapshot(tree) == before and victim.read_text() == "precious\n"
