@@ -230,8 +230,9 @@ def read_upstream(
     return Fetched(files, pristine, report)
 
 
-def _write_folder(dest: Path, files: Dict[str, bytes]) -> None:
-    """Write files as dest/..., appearing all at once: staged, then one rename."""
+def write_folder(dest: Path, files: Dict[str, bytes]) -> None:
+    """Write files as dest/REL, staged beside them and renamed into place (one rename
+    per top-level name); a folder dest it made is removed again on failure."""
     top = {Path(rel).parts[0] for rel in files}
     made = not os.path.lexists(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -263,7 +264,7 @@ def fetch_upstream(
         )
     fetched = read_upstream(checkout, allow_modified)
     try:
-        _write_folder(dest, fetched.files)
+        write_folder(dest, fetched.files)
     except OSError as err:
         raise UpstreamError(
             f"could not write {dest}: {err}; nothing was written there"
@@ -368,7 +369,7 @@ def prepared_tree(patched: bool = True) -> Path:
     cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=cache_dir()))
     try:
-        _write_folder(tmp, files)
+        write_folder(tmp, files)
         if os.path.lexists(final):  # altered since it was made: set it aside
             shutil.rmtree(final, ignore_errors=True)
         try:

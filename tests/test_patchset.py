@@ -769,3 +769,13 @@ def test_a_cached_tree_altered_after_it_was_made_is_rebuilt(
     again = upstream.prepared_tree(patched=True)
     assert again == root and (again / PKG / "unet.py").read_bytes() == good
     assert not (again / PKG / "extra.py").exists()
+
+
+def test_export_into_a_folder_that_is_not_empty_exits_2(tmp_path):
+    (tmp_path / "pr").mkdir()
+    (tmp_path / "pr" / "mine.txt").write_text("x")
+    (tmp_path / "file").write_text("x")
+    for out in ("pr", "file"):
+        result = run_tool("export", str(tmp_path / out))
+        assert result.returncode == 2 and "is not an empty folder" in result.stderr
+    assert os.listdir(tmp_path / "pr") == ["mine.txt"]

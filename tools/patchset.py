@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,16 +126,16 @@ def cmd_check(args) -> int:
 
 def cmd_export(args) -> int:
     out = Path(args.outdir)
+    if os.path.lexists(out) and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} is not an empty folder")
     series = _series(args)
     with tempfile.TemporaryDirectory() as tmp:
         checkout = Path(args.checkout) if args.checkout else None
         upstream.fetch_upstream(Path(tmp), checkout)
         patchset.apply_series(Path(tmp), series)
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"error: {out} is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    for path in patchset.series_files(Path(args.series)):
-        shutil.copyfile(path, out / path.name)
+    upstream.write_folder(
+        out, {p.name: p.read_bytes() for p in patchset.series_files(Path(args.series))}
+    )
     print(f"wrote {len(series)} patches to {out}; they apply cleanly to upstream.")
     print(f"on an mlx-examples checkout: git am {out}/*.patch")
     return 0
