@@ -138,7 +138,7 @@ def test_paths_outside_the_target_are_refused(tree, tmp_path):
 
 def test_missing_root_is_a_usage_error(tmp_path):
     result = run_tool("apply", str(tmp_path / "nowhere"))
-    assert result.returncode != 0 and "mlx-examples checkout" in result.stderr
+    assert result.returncode == 2 and "mlx-examples checkout" in result.stderr
 
 
 @pytest.mark.parametrize(
