@@ -1,16 +1,19 @@
 """Apply, revert and inspect the upstream patch series, all or nothing.
 
 The series is a list of ``git format-patch`` files. Everything is computed in
-memory first; files on disk change only once every hunk of every patch fits.
+memory first; files on disk change only once every hunk of every patch fits, and
+then through journal.py, so that an interrupted apply or revert is undone by the
+next run. Bytes and modes are kept: a CRLF file stays CRLF, a 0444 file 0444.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from . import journal
 
 _HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 # a link to ../patches in the repo
@@ -19,6 +22,14 @@ SERIES_DIR = Path(__file__).resolve().parent / "patches"
 
 class PatchError(Exception):
     """A patch does not fit the target tree, or is malformed or unsafe."""
+
+
+class TreeError(PatchError):
+    """A file the series touches cannot be patched safely: a link, a folder, not text."""
+
+
+class InputError(Exception):
+    """The series folder or one of its files is missing or unreadable."""
 
 
 @dataclass
@@ -60,9 +71,11 @@ class Patch:
 
 def series_files(series_dir: Path = SERIES_DIR) -> List[Path]:
     """The series' patch files, in order."""
+    if not Path(series_dir).is_dir():
+        raise InputError(f"the series folder {series_dir} does not exist")
     files = sorted(Path(series_dir).glob("*.patch"))
     if not files:
-        raise PatchError(f"no *.patch files in {series_dir}")
+        raise InputError(f"no *.patch files in {series_dir}")
     return files
 
 
@@ -97,7 +110,10 @@ def _subject(lines: List[str]) -> str:
 
 def parse_patch(path: Path) -> Patch:
     """Parse one ``git format-patch`` file."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read the patch {path}: {err}") from None
     lines = text.splitlines(keepends=True)
     subject = _subject(lines)
     files: List[FilePatch] = []
@@ -107,7 +123,11 @@ def parse_patch(path: Path) -> Patch:
         line = lines[i]
         if line.startswith("diff --git "):
             current = None
-        elif line.startswith("--- ") and lines[i + 1].startswith("+++ "):
+        elif (
+            line.startswith("--- ")
+            and i + 1 < len(lines)
+            and lines[i + 1].startswith("+++ ")
+        ):
             old = _strip_prefix(line[4:].strip(), path.name)
             new = _strip_prefix(lines[i + 1][4:].strip(), path.name)
             current = FilePatch(old, new)
@@ -192,31 +212,73 @@ def _preview(block: List[str]) -> str:
     return repr(first[:60])
 
 
-Tree = Dict[str, Optional[str]]  # path -> content, None where the file is absent
+class Text(str):
+    """A text file's content with "\n" line ends; ``crlf``: it had CRLF ones."""
+
+    crlf: bool
+
+    def __new__(cls, body: str, crlf: bool = False) -> "Text":
+        text = super().__new__(cls, body)
+        text.crlf = crlf
+        return text
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes, with its own line endings."""
+        return (self.replace("\n", "\r\n") if self.crlf else str(self)).encode()
+
+
+def decode_text(data: bytes, rel: str) -> Text:
+    """A file's Text; TreeError if it is not UTF-8 or mixes line endings."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TreeError(f"{rel} is not UTF-8 text ({err.reason} at byte {err.start})")
+    if "\r" not in text:
+        return Text(text)
+    body = text.replace("\r\n", "\n")
+    if "\r" in body or body.count("\n") != text.count("\r\n"):
+        raise TreeError(
+            f"{rel} mixes line endings (CRLF with LF or a bare CR); the series "
+            "patches files with one kind of line ending only"
+        )
+    return Text(body, crlf=True)
+
+
+Tree = Dict[str, Optional[Text]]  # path -> content, None where the file is absent
+Files = Union[Path, Mapping[str, bytes]]  # a folder, or its files' bytes by path
+
+
+def _read(files: Files, rel: str) -> Optional[bytes]:
+    if isinstance(files, Mapping):
+        return files.get(rel)
+    try:
+        return journal.read_file(Path(files), rel)
+    except journal.UnsafePath as err:
+        raise TreeError(str(err)) from None
 
 
 def apply_in_memory(
-    root: Path, patches: Sequence[Patch], tree: Optional[Tree] = None
+    files: Files, patches: Sequence[Patch], tree: Optional[Tree] = None
 ) -> Tree:
-    """Apply patches to the files under root without touching the disk."""
+    """Apply patches to a folder's files (or to given bytes) without touching the disk."""
     tree = dict(tree or {})
     for patch in patches:
         for fp in patch.files:
             for rel in {fp.old_path, fp.new_path} - {None}:
                 if rel not in tree:
-                    target = Path(root) / rel
-                    tree[rel] = (
-                        target.read_text(encoding="utf-8") if target.is_file() else None
-                    )
+                    data = _read(files, rel)
+                    tree[rel] = None if data is None else decode_text(data, rel)
             if fp.old_path is None:
                 if tree.get(fp.new_path) is not None:
                     raise PatchError(f"{patch.name}: {fp.new_path} already exists")
                 lines: List[str] = []
+                crlf = False
             else:
                 content = tree.get(fp.old_path)
                 if content is None:
                     raise PatchError(f"{patch.name}: {fp.old_path} is missing")
                 lines = content.splitlines(keepends=True)
+                crlf = content.crlf
             new_lines = _apply_hunks(lines, fp, patch.name)
             if fp.new_path is None:
                 if new_lines:
@@ -225,52 +287,43 @@ def apply_in_memory(
                     )
                 tree[fp.old_path] = None
             else:
-                tree[fp.new_path] = "".join(new_lines)
+                tree[fp.new_path] = Text("".join(new_lines), crlf)
     return tree
 
 
-def applied_count(root: Path, patches: Sequence[Patch]) -> int:
+def applied_count(files: Files, patches: Sequence[Patch]) -> int:
     """How many leading patches of the series are applied; PatchError if none fits."""
     first_error: Optional[PatchError] = None
     for k in range(len(patches), -1, -1):
         try:
-            apply_in_memory(root, [p.reversed() for p in reversed(patches[:k])])
-            apply_in_memory(root, patches[k:])
+            apply_in_memory(files, [p.reversed() for p in reversed(patches[:k])])
+            apply_in_memory(files, patches[k:])
             return k
+        except TreeError:
+            raise
         except PatchError as err:
             first_error = err if k == 0 else first_error
     raise PatchError(f"the tree matches no state of the series: {first_error}")
 
 
-def write_tree(root: Path, tree: Tree) -> List[str]:
-    """Write a computed tree, restoring every file if any write fails."""
-    root = Path(root)
-    backup: Tree = {}
-    changed = []
-    try:
-        for rel, content in sorted(tree.items()):
-            target = root / rel
-            old = target.read_text(encoding="utf-8") if target.is_file() else None
-            if old == content:
-                continue
-            backup[rel] = old
-            if content is None:
-                target.unlink()
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".pulse-tmp")
-                tmp.write_text(content, encoding="utf-8")
-                os.replace(tmp, target)
-            changed.append(rel)
-    except OSError:
-        for rel, content in backup.items():
-            target = root / rel
-            if content is None:
-                target.unlink(missing_ok=True)
-            else:
-                target.write_text(content, encoding="utf-8")
-        raise
-    return changed
+def tree_bytes(tree: Tree) -> Dict[str, Optional[bytes]]:
+    """The bytes each file of a computed tree holds (None: absent)."""
+    return {rel: None if t is None else t.to_bytes() for rel, t in tree.items()}
+
+
+def write_tree(root: Path, tree: Tree, op: str = "change") -> List[str]:
+    """Write a computed tree crash-safely (see journal.py); the files changed."""
+    changes = {}
+    for rel, new in tree_bytes(tree).items():
+        old = _read(Path(root), rel)
+        if old != new:
+            changes[rel] = (old, new)
+    return journal.write_files(Path(root), changes, op)
+
+
+def recover(root: Path) -> Optional[journal.Recovery]:
+    """Finish or undo an apply or revert that was interrupted; None if there was none."""
+    return journal.recover(Path(root))
 
 
 def line_counts(patches: Sequence[Patch]) -> Dict[str, Tuple[int, int]]:
@@ -296,17 +349,19 @@ def load_series(series_dir: Path = SERIES_DIR) -> List[Patch]:
 
 def apply_series(root: Path, patches: Sequence[Patch]) -> Tuple[int, List[str]]:
     """Apply the patches not yet applied; returns (how many were applied, files changed)."""
+    recover(root)
     k = applied_count(root, patches)
     if k == len(patches):
         return 0, []
     tree = apply_in_memory(root, patches[k:])
-    return len(patches) - k, write_tree(root, tree)
+    return len(patches) - k, write_tree(root, tree, "apply")
 
 
 def revert_series(root: Path, patches: Sequence[Patch]) -> Tuple[int, List[str]]:
     """Revert the applied patches; returns (how many were reverted, files changed)."""
+    recover(root)
     k = applied_count(root, patches)
     if k == 0:
         return 0, []
     tree = apply_in_memory(root, [p.reversed() for p in reversed(patches[:k])])
-    return k, write_tree(root, tree)
+    return k, write_tree(root, tree, "revert")
