@@ -55,6 +55,7 @@ OPENBLAS = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
 BASE = "plain upstream"
 PROMPT = "a red cat on a blue sea"
 BEND_PROMPT = "a romantic (kiss) at (sunset)"
+EDIT_PROMPT = "a red dog on a blue sea"  # prompt-to-prompt: one word swapped
 GOALS = {
     "patched, switch off": 1.01,
     "identity processors on every site": 1.03,
@@ -469,9 +470,41 @@ def run_whole_generation(args) -> dict:
 
         return fn
 
+    pag = Pulse(pipe, prompt=PROMPT)
+    pag.perturbed_attention(3.0, block="mid")
+
+    def guided():
+        with pag:
+            return image(pipe, False)()
+
+    def plain_pair():
+        image(plain, False)()
+        return image(plain, False)()
+
+    def edited_pair():
+        with Pulse(pipe) as edit:
+            e = edit.prompt_to_prompt(
+                PROMPT, EDIT_PROMPT, mode="refine", self_window=(None, None)
+            )
+            x = None
+            for x in pipe.generate_latents(
+                e.source,
+                n_images=2,
+                num_steps=args.gen_steps,
+                latent_size=(latent, latent),
+                seed=0,
+            ):
+                mx.eval(x)
+            out = pipe.decode(x)
+            mx.eval(out)
+        return out
+
     variants = {
         BASE: image(plain, False),
         "typical technique set": image(pipe, True),
+        "perturbed-attention guidance (mid, s=3)": guided,
+        "two plain images": plain_pair,
+        "prompt-to-prompt: source and edit in one call": edited_pair,
     }
     medians, samples = interleave(variants, rounds=args.gen_rounds, warmup=1)
     return {
@@ -486,6 +519,9 @@ def run_whole_generation(args) -> dict:
         "regional('left', all)",
         "seconds_per_image": medians,
         "ratio": medians["typical technique set"] / medians[BASE],
+        "pag_ratio": medians["perturbed-attention guidance (mid, s=3)"] / medians[BASE],
+        "edit_ratio": medians["prompt-to-prompt: source and edit in one call"]
+        / medians["two plain images"],
         "samples": samples,
     }
 
@@ -616,7 +652,9 @@ def main(argv=None) -> int:
             + "\n".join(
                 f"  {k}: {v:.1f} s/image" for k, v in gen["seconds_per_image"].items()
             )
-            + f"\n  ratio: {gen['ratio']:.3f}",
+            + f"\n  ratio (typical set): {gen['ratio']:.3f}"
+            + f"\n  ratio (PAG / plain): {gen['pag_ratio']:.3f}"
+            + f"\n  ratio (prompt-to-prompt / two plain images): {gen['edit_ratio']:.3f}",
             flush=True,
         )
     if args.blas:

@@ -35,6 +35,9 @@ class Call:
     transforms: Tuple[ProbTransform, ...] = ()
     observers: Tuple[ProbObserver, ...] = ()
     branch: str = "base"
+    guidance_pass: str = (
+        "main"  # "perturbed": perturbed-attention guidance's extra pass
+    )
 
     def with_(self, **changes) -> "Call":
         return replace(self, **changes)
@@ -67,12 +70,14 @@ class SiteChain:
     """The links of one site, in order; callable as an upstream processor."""
 
     links: List[Tuple[str, Link]] = field(default_factory=list)
+    guidance_pass: str = "main"
 
     def add(self, name: str, link: Link) -> None:
         self.links.append((name, link))
 
     def __call__(self, attn, x, memory, mask, meta) -> mx.array:
-        return self._run(0, Call(attn, x, memory, mask, meta))
+        call = Call(attn, x, memory, mask, meta, guidance_pass=self.guidance_pass)
+        return self._run(0, call)
 
     def _run(self, i: int, call: Call) -> mx.array:
         if i == len(self.links):

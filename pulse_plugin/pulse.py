@@ -36,10 +36,12 @@ from .selectors import Selector, describe, resolve
 from .techniques.base import Technique, window_of
 from .techniques.embedding_weights import EmbeddingWeights
 from .techniques.injection import Injection, encode_prompt
+from .techniques.perturbed_attention import PerturbedAttention, Scale
+from .techniques.prompt_to_prompt import PromptToPrompt, SelfAttentionEdit
 from .techniques.regional import Region, RegionalInjection
 from .techniques.reweight import TokenReweight
 from .techniques.self_attention import SelfAttentionControl
-from .tokens import find_phrase_pipeline, span_positions_pipeline
+from .tokens import find_phrase_pipeline, span_positions_pipeline, token_ids
 
 WEIGHT_MODES = ("attention", "embedding")
 PATCH_COMMAND = "python tools/patchset.py apply PATH/TO/mlx-examples"
@@ -118,6 +120,7 @@ class Pulse:
         self._embeddings: Dict[str, mx.array] = {}
         self._saved = None
         self._installed: Dict[Key, SiteChain] = {}
+        self._entered: List[Technique] = []
 
     # ----------------------------------------------------------------- state
     @property
@@ -136,6 +139,9 @@ class Pulse:
             h.observers.append(self._observe)
             for key in self.links:
                 self._install(key)
+            for t in self.techniques:
+                self._entered.append(t)
+                t.enter(self.pipe)
             h.enabled = True
         except BaseException:
             self._restore()
@@ -150,6 +156,8 @@ class Pulse:
 
     def _restore(self) -> None:
         enabled, processors, observers, step = self._saved
+        while self._entered:
+            self._entered.pop().exit(self.pipe)
         h = self.hooks
         h.processors.clear()
         h.processors.update(processors)
@@ -200,6 +208,9 @@ class Pulse:
             if self.active:
                 self._install(key)
         self.techniques.append(technique)
+        if self.active:
+            self._entered.append(technique)
+            technique.enter(self.pipe)
         if self.num_steps is not None:
             self._warn_missed(
                 self.plan(self.num_steps, self.strength),
@@ -213,6 +224,8 @@ class Pulse:
         self.techniques.clear()
         self.links.clear()
         if self.active:
+            while self._entered:
+                self._entered.pop().exit(self.pipe)
             for key in list(self._installed):
                 self.hooks.processors.pop(key, None)
                 previous = self._saved[1].get(key)
@@ -482,6 +495,108 @@ class Pulse:
                 key_mask=as_mask(key_region),
                 scale=scale,
                 symmetric=symmetric,
+            )
+        )
+
+    def prompt_to_prompt(
+        self,
+        source: str,
+        edit: str,
+        mode: str = "replace",
+        block: Selector = "all",
+        sigma_start: Optional[float] = None,
+        sigma_end: Optional[float] = None,
+        *,
+        steps: Optional[Tuple[Optional[int], Optional[int]]] = None,
+        reweight: Optional[Dict[str, float]] = None,
+        self_window: Optional[Tuple[Optional[float], Optional[float]]] = None,
+        self_block: Selector = "all",
+        local_blend: Optional[Sequence[str]] = None,
+        blend_window: Tuple[Optional[float], Optional[float]] = (None, None),
+        blend_block: Selector = "all",
+        threshold: float = 0.3,
+    ) -> PromptToPrompt:
+        """Edit ``source`` into ``edit`` keeping its layout (generate both with n_images=2).
+
+        The cross-attention window is (sigma_start, sigma_end) or ``steps``;
+        ``self_window`` (sigmas) also gives the edit the source's self-attention maps;
+        ``reweight`` scales words' maps (mode 'reweight'); ``local_blend`` keeps the
+        image outside those words' attention the source's, in ``blend_window``.
+        """
+        for name, text in (("source", source), ("edit", edit)):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{name}: expected a non-empty prompt, got {text!r}")
+        scales = {}
+        for word, scale in (reweight or {}).items():
+            for position in find_phrase_pipeline(self.pipe, edit, word):
+                scales[position] = scale
+        blend = ((), ())
+        if local_blend:
+            blend = tuple(self._words_in(text, local_blend) for text in (source, edit))
+            missing = [
+                w
+                for w in local_blend
+                if not any(self._words_in(t, [w]) for t in (source, edit))
+            ]
+            if missing:
+                raise ValueError(f"local_blend: {missing} are in neither prompt")
+        edit_blocks = set(self.blocks(block))
+        blend_blocks = set(self.blocks(blend_block)) if local_blend else set()
+        technique = PromptToPrompt(
+            tuple(b for b in self.hooks.sites if b in edit_blocks | blend_blocks),
+            "cross",
+            window_of(sigma_start, sigma_end, steps),
+            "cond",
+            source=source,
+            edit=edit,
+            mode=mode,
+            source_ids=tuple(token_ids(self.pipe, source)),
+            edit_ids=tuple(token_ids(self.pipe, edit)),
+            scales=scales,
+            blend_positions=blend,
+            blend_window=window_of(*blend_window, None) if local_blend else None,
+            edit_blocks=tuple(sorted(edit_blocks)),
+            blend_blocks=tuple(sorted(blend_blocks)),
+            threshold=threshold,
+        )
+        self.add(technique)
+        if self_window is not None:
+            self.add(
+                SelfAttentionEdit(
+                    tuple(self.blocks(self_block)),
+                    "self",
+                    window_of(*self_window, None),
+                )
+            )
+        self.prompt = source
+        return technique
+
+    def _words_in(self, prompt: str, words: Sequence[str]) -> Tuple[int, ...]:
+        found = set()
+        for word in words:
+            try:
+                found.update(find_phrase_pipeline(self.pipe, prompt, word))
+            except ValueError:
+                pass
+        return tuple(sorted(found))
+
+    def perturbed_attention(
+        self,
+        scale: Scale = 3.0,
+        block: Selector = "mid",
+        sigma_start: Optional[float] = None,
+        sigma_end: Optional[float] = None,
+        *,
+        steps: Optional[Tuple[Optional[int], Optional[int]]] = None,
+    ) -> PerturbedAttention:
+        """Perturbed-attention guidance: s (a number, or a function of sigma) away from identity self-attention."""
+        return self.add(
+            PerturbedAttention(
+                tuple(self.blocks(block)),
+                "self",
+                window_of(sigma_start, sigma_end, steps),
+                "all",
+                scale=scale,
             )
         )
 

@@ -91,7 +91,7 @@ def _agreed(pipe, what: str, find: Callable[[object], List[int]]) -> List[int]:
         raise ValueError("pipe: expected a StableDiffusion(XL) object with a tokenizer")
     found = [find(t) for t in tokenizers]
     if any(f != found[0] for f in found[1:]):
-        raise ValueError(f"{what}: the tokenizers disagree on its positions: {found}")
+        raise ValueError(f"{what}: the tokenizers disagree: {found}")
     return found[0]
 
 
@@ -121,6 +121,11 @@ def span_positions_pipeline(pipe, prompt: str, start: int, end: int) -> List[int
     """whole_word_positions with a pipeline's tokenizer(s)."""
     what = f"characters {start}-{end} of {prompt!r}"
     return _agreed(pipe, what, lambda t: whole_word_positions(t, prompt, start, end))
+
+
+def token_ids(pipe, prompt: str) -> List[int]:
+    """The ids upstream feeds the text encoder (BOS and EOS included); SDXL's two must agree."""
+    return _agreed(pipe, f"prompt {prompt!r}", lambda t: t.tokenize(prompt))
 
 
 def prompt_length(pipe, prompt: str) -> int:

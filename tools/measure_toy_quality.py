@@ -10,12 +10,14 @@ classify the drawn object's colour and position. Exit status 0 when the bar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pulse_plugin.pulse import Pulse  # noqa: E402
 from pulse_plugin.toy import default_model_path, folder, quality, shapes  # noqa: E402
 
 
@@ -29,9 +31,23 @@ def main(argv=None) -> int:
     parser.add_argument("--two-objects", action="store_true", help="also two-object")
     parser.add_argument("--grid", type=Path, help="save a PNG grid of samples here")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--pag", type=float, default=0.0, help="perturbed-attention guidance scale"
+    )
+    parser.add_argument(
+        "--pag-block", default="mid", help="sites PAG perturbs (a block selector)"
+    )
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.pag:
+            pulse = stack.enter_context(Pulse(folder.load_pipeline(args.model)))
+            pulse.perturbed_attention(args.pag, block=args.pag_block)
+            return _measure(args, pulse.pipe)
+        return _measure(args, folder.load_pipeline(args.model))
 
-    pipe = folder.load_pipeline(args.model)
+
+def _measure(args, pipe) -> int:
+
     size = folder.latent_size(pipe, folder=args.model)
     kw = dict(num_steps=args.steps, cfg_weight=args.cfg, latent_size=size)
     result = quality.measure(pipe, per_caption=args.per_caption, seed=args.seed, **kw)
@@ -39,6 +55,7 @@ def main(argv=None) -> int:
         model=str(args.model),
         steps=args.steps,
         cfg=args.cfg,
+        pag=args.pag,
         samples=result.samples,
         colour=round(result.colour_rate, 4),
         position=round(result.position_rate, 4),
@@ -67,7 +84,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"model {args.model}: {args.steps} steps, cfg {args.cfg}")
+        print(f"model {args.model}: {args.steps} steps, cfg {args.cfg}, pag {args.pag}")
         for text, (n, c, p) in result.per_caption.items():
             print(f"  {text:40s} colour {c}/{n}  position {p}/{n}")
         print(("PASS " if result.passed else "FAIL ") + result.summary())

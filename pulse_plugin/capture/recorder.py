@@ -67,6 +67,10 @@ class Recorder(InstalledLinks):
         watched = call.meta.kind == "cross" and call.meta.block_id in self.block_ids
         if not watched or call.branch != "base":  # injected branches have other tokens
             return next(call)
+        if (
+            call.guidance_pass != "main"
+        ):  # guidance's extra pass is no part of the image's maps
+            return next(call)
         return next(call.with_(observers=call.observers + (self.observe,)))
 
     def observe(self, probs: mx.array, call: Call) -> None:

@@ -41,6 +41,12 @@ class Technique:
     def link(self, call: Call, next: Next) -> mx.array:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def enter(self, pipe) -> None:
+        """Called when the Pulse holding this technique is entered (most need nothing)."""
+
+    def exit(self, pipe) -> None:
+        """Called when that Pulse exits, also after an error."""
+
 
 def active_rows(call: Call, rows: str) -> slice:
     """The batch rows a technique edits: the conditional rows, or all of them."""
