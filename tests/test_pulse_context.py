@@ -102,6 +102,68 @@ def test_reentry_and_nesting(pipe):
     del rec_outer, rec_inner
 
 
+def test_out_of_order_exit_restores_exactly(pipe):
+    """a in, b in, a out, b out: b alone in between, the original state after."""
+    hooks = pipe.unet.hooks
+    base = generate(pipe)
+    before, attrs = state(hooks), dict(vars(pipe))
+    a, b = Pulse(pipe), Pulse(pipe)
+    a.inject("all", "a green house", weight=1.0)
+    b.inject("mid", "a blue square", weight=1.0)
+    with b:
+        only_b = generate(pipe)
+    assert state(hooks) == before
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert not a.active and b.active and hooks.enabled
+    assert len(hooks.observers) == len(before[2]) + 1
+    assert all(len(c.links) == 1 for c in hooks.processors.values())
+    assert np.array_equal(generate(pipe), only_b)
+    b.__exit__(None, None, None)
+    assert state(hooks) == before and vars(pipe) == attrs
+    assert np.array_equal(generate(pipe), base)
+
+
+def test_three_pulses_exit_in_every_order_leave_nothing(pipe):
+    hooks = pipe.unet.hooks
+    base, before = generate(pipe), state(hooks)
+    for order in ([0, 1, 2], [1, 0, 2], [2, 0, 1], [0, 2, 1]):
+        pulses = [Pulse(pipe) for _ in range(3)]
+        for i, p in enumerate(pulses):
+            p.inject("all", ["a dog", "a cat", "a tree"][i], weight=0.5)
+            p.__enter__()
+        for i in order:
+            pulses[i].__exit__(None, None, None)
+            live = [p for p in pulses if p.active]
+            assert hooks.enabled == bool(live)
+            assert all(len(c.links) == len(live) for c in hooks.processors.values())
+        assert state(hooks) == before
+    assert np.array_equal(generate(pipe), base)
+
+
+def test_a_generator_consumed_after_its_pulse_exited_is_refused(pipe):
+    with Pulse(pipe) as pulse:
+        pulse.inject("all", "a green house", weight=1.0)
+        late = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        half = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        again = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        mx.eval(next(half))
+    with pytest.raises(PulseError, match=r"created inside .*step 0.*exited"):
+        next(late)
+    with pytest.raises(PulseError, match=r"step 1.*without the techniques"):
+        next(half)
+    with pulse:  # re-entering does not revive a generator of the earlier block
+        with pytest.raises(PulseError, match="exited"):
+            next(again)
+        inside = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        assert len(list(inside)) == 2
+    assert "generate_latents" not in vars(pipe)
+    assert (
+        len(list(pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8)))) == 2
+    )
+
+
 def test_selectors_sd_and_sdxl(pipe, xl):
     sites = describe(pipe.unet)
     assert list_blocks(pipe) == pipe.unet.hooks.sites
