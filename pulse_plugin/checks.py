@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Optional, Sequence, Type
 
 
@@ -28,7 +29,7 @@ def number(
     error: Type[ValueError] = FieldError,
 ) -> float:
     """value as a float: a real number (not a bool), finite, lo <= value <= hi."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise error(f"{name}: expected a number{_range(lo, hi)}, got {value!r}")
     if not math.isfinite(value) or not lo <= value <= hi:
         raise error(f"{name}: expected a finite number{_range(lo, hi)}, got {value!r}")
@@ -43,9 +44,13 @@ def integer(
     error: Type[ValueError] = FieldError,
 ) -> int:
     """value as an int: an integer (not a bool, not 2.5), lo <= value <= hi."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not lo <= value <= hi
+    ):
         raise error(f"{name}: expected an integer{_range(lo, hi)}, got {value!r}")
-    return value
+    return int(value)
 
 
 def boolean(name: str, value: Any, error: Type[ValueError] = FieldError) -> bool:

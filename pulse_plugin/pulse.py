@@ -483,6 +483,27 @@ class Pulse:
         return self.self_attention(region_a, region_b, scale, symmetric=True, **kwargs)
 
 
+def active_techniques(pipe) -> List[str]:
+    """What acts on pipe at the hooks' current step: techniques, other links, LoRAs."""
+    out: List[str] = []
+    hooks = getattr(pipe.unet, "hooks", None)
+    if hooks is not None and hooks.enabled:
+        step = hooks.step
+        sites: Dict[str, List[str]] = {}
+        for (block_id, _), chain in hooks.processors.items():
+            for name, link in getattr(chain, "links", [("processor", chain)]):
+                technique = getattr(link, "__self__", None)
+                if isinstance(technique, Technique) and step is not None:
+                    if not technique.window.contains(step.step_idx, step.sigma):
+                        continue
+                sites.setdefault(name, []).append(block_id)
+        out += [f"{name} on {sorted(set(b))}" for name, b in sites.items()]
+    from .lora.adapters import active
+
+    out += [f"LoRA {name} weight {w:g}" for name, w in active(pipe).items()]
+    return out
+
+
 def _guard_generators(pipe, stack: List[Pulse]) -> None:
     """Make pipe's latent generators refuse to run once the Pulses they began under exit."""
     for name in GENERATORS:

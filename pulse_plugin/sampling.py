@@ -1,4 +1,9 @@
-"""One text-to-image loop for every caller: upstream's sampler, evaluated step by step."""
+"""One text-to-image loop for every caller: upstream's sampler, evaluated step by step.
+
+The loop stops with ``NonFiniteError`` as soon as the latents hold a NaN or an
+infinity, naming the step and what was active then, and ``decode`` refuses a
+non-finite picture: a broken run never becomes a black image.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
+
+
+class NonFiniteError(RuntimeError):
+    """The latents or the decoded images of a generation hold NaN or infinity."""
 
 
 def final_latents(
@@ -38,15 +47,43 @@ def final_latents(
     if progress is not None:
         steps = progress(steps)
     x = None
-    for x in steps:
+    for i, x in enumerate(steps):
         mx.eval(x, *(extra() if extra is not None else ()))
+        if not finite(x):
+            raise NonFiniteError(nonfinite_message(pipe, i, num_steps, cfg_weight))
     return x
+
+
+def finite(x: mx.array) -> bool:
+    """Whether every value of x is finite."""
+    return bool(mx.all(mx.isfinite(x)).item())
+
+
+def nonfinite_message(pipe, step: int, num_steps: int, cfg_weight: float) -> str:
+    """What was running when the latents turned non-finite."""
+    from .pulse import active_techniques
+
+    hooks = getattr(pipe.unet, "hooks", None)
+    info = getattr(hooks, "step", None) if getattr(hooks, "enabled", False) else None
+    sigma = f", sigma {info.sigma:.4g}" if info is not None else ""
+    active = active_techniques(pipe)
+    return (
+        f"the latents turned non-finite (NaN or inf) at step {step} of {num_steps}"
+        f"{sigma}, cfg {cfg_weight:g}; active then: "
+        + ("; ".join(active) if active else "no technique or LoRA")
+        + ". Nothing was written; check the weights of the techniques, LoRAs and model."
+    )
 
 
 def decode(pipe, latents: mx.array) -> np.ndarray:
     """Decoded images (N, H, W, 3), float32 in [0, 1]."""
     images = pipe.decode(latents)
     mx.eval(images)
+    if not finite(images):
+        raise NonFiniteError(
+            "the decoded image is non-finite (NaN or inf) although the latents are "
+            "finite: the autoencoder's weights are broken. Nothing was written."
+        )
     return np.array(images.astype(mx.float32))
 
 

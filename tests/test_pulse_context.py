@@ -264,3 +264,22 @@ def test_a_foreign_processor_registered_before_runs_after_the_links(pipe):
         assert hooks.processors[("mid.0.0", "cross")] is foreign
     finally:
         hooks.clear()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e309, -1.0, "2", True])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda p, v: p.inject("all", "a dog", weight=v), "weight"),
+        (lambda p, v: p.regional("a dog", "left", weight=v), "weight"),
+        (lambda p, v: p.reweight("red", v), "scale"),
+        (lambda p, v: p.self_attention("left", "right", v), "scale"),
+        (lambda p, v: p.inject("all", "a dog", sigma_start=v), "sigma_start"),
+        (lambda p, v: p.inject("all", "a dog", sigma_end=v), "sigma_end"),
+    ],
+)
+def test_api_numbers_are_checked_where_they_enter(pipe, call, field, bad):
+    pulse = Pulse(pipe, prompt=PROMPT)
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        call(pulse, bad)
+    assert pulse.techniques == [] and pulse.links == {}

@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 
 import mlx.core as mx
 
+from .. import checks
 from ..chain import Call, Next
 from .base import Technique, active_rows, blend
 
@@ -81,8 +82,7 @@ class Injection(Technique):
             raise ValueError("kind: prompt injection acts on cross-attention only")
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise ValueError(f"weight: expected a float >= 0, got {self.weight!r}")
+        self.weight = checks.number("weight", self.weight, 0.0)
         if self.embedding is None or self.embedding.ndim != 3:
             raise ValueError("embedding: expected a (1, T, D) text embedding")
 
