@@ -11,14 +11,18 @@ class FieldError(ValueError):
     """A value does not have the type or range its field expects; the message names the field."""
 
 
+def _show(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def _range(lo: float, hi: float) -> str:
     if lo == -math.inf and hi == math.inf:
         return ""
     if hi == math.inf:
-        return f" >= {lo:g}"
+        return f" >= {_show(lo)}"
     if lo == -math.inf:
-        return f" <= {hi:g}"
-    return f" in [{lo:g}, {hi:g}]"
+        return f" <= {_show(hi)}"
+    return f" in [{_show(lo)}, {_show(hi)}]"
 
 
 def number(

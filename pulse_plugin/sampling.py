@@ -7,10 +7,14 @@ non-finite picture: a broken run never becomes a black image.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
+
+from . import memory
+from .tokens import check_prompt
 
 
 class NonFiniteError(RuntimeError):
@@ -35,6 +39,10 @@ def final_latents(
     ``extra()`` returns lazy arrays (an observer's records) to evaluate with each
     step's latents; ``progress`` wraps the step iterator (a progress bar).
     """
+    check_prompt(pipe, prompt)
+    check_prompt(pipe, negative_text, "negative")
+    check_latent_size(pipe, latent_size)
+    memory.check_fits(pipe, latent_size, n_images, cfg_weight)
     steps = pipe.generate_latents(
         prompt,
         n_images=n_images,
@@ -52,6 +60,23 @@ def final_latents(
         if not finite(x):
             raise NonFiniteError(nonfinite_message(pipe, i, num_steps, cfg_weight))
     return x
+
+
+def unet_multiple(pipe) -> int:
+    """The latent side must be a multiple of this: 2 per downsampling level of the UNet."""
+    return 2 ** sum("downsample" in block for block in pipe.unet.down_blocks)
+
+
+def check_latent_size(pipe, latent_size: Tuple[int, int]) -> None:
+    """ValueError unless the UNet can take latents of this (H, W)."""
+    m = unet_multiple(pipe)
+    if len(latent_size) != 2 or not all(
+        isinstance(v, numbers.Integral) and v >= m and v % m == 0 for v in latent_size
+    ):
+        raise ValueError(
+            f"latent_size: expected two positive multiples of {m} for this UNet "
+            f"(it halves the latents {m.bit_length() - 1} times), got {tuple(latent_size)}"
+        )
 
 
 def finite(x: mx.array) -> bool:

@@ -82,6 +82,7 @@ def find_phrase(tokenizer, prompt: str, phrase: str) -> List[int]:
 
 def find_phrase_pipeline(pipe, prompt: str, phrase: str) -> List[int]:
     """find_phrase with a pipeline's tokenizer(s); SDXL's two tokenizers must agree."""
+    check_prompt(pipe, prompt)
     tokenizers = [
         getattr(pipe, n)
         for n in ("tokenizer", "tokenizer_1", "tokenizer_2")
@@ -95,6 +96,51 @@ def find_phrase_pipeline(pipe, prompt: str, phrase: str) -> List[int]:
             f"phrase {phrase!r}: the tokenizers disagree on its positions: {found}"
         )
     return found[0]
+
+
+def _encoders(pipe) -> List[Tuple[object, object]]:
+    """(tokenizer, text encoder) pairs of a pipeline: one for SD, two for SDXL."""
+    pairs = [("tokenizer", "text_encoder"), ("tokenizer_1", "text_encoder_1")]
+    pairs.append(("tokenizer_2", "text_encoder_2"))
+    return [
+        (getattr(pipe, t), getattr(pipe, e))
+        for t, e in pairs
+        if hasattr(pipe, t) and hasattr(pipe, e)
+    ]
+
+
+def unknown_pieces(tokenizer, prompt: str) -> List[str]:
+    """The pieces of prompt the tokenizer's vocabulary has no token for (e.g. an emoji)."""
+    pieces = [
+        piece
+        for match in tokenizer.pat.finditer(clean(prompt))
+        for piece in tokenizer.bpe(match.group())
+    ]
+    return [p.replace("</w>", "") for p in pieces if p not in tokenizer.vocab]
+
+
+def check_prompt(pipe, prompt: str, name: str = "prompt") -> None:
+    """ValueError naming the field unless every tokenizer can encode prompt within its limit.
+
+    Upstream's tokenizer has no fallback for characters outside its vocabulary
+    and does not truncate, so such prompts are refused here, up front.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"{name}: expected a string, got {prompt!r}")
+    for tokenizer, encoder in _encoders(pipe):
+        unknown = unknown_pieces(tokenizer, prompt)
+        if unknown:
+            raise ValueError(
+                f"{name}: the tokenizer has no token for {sorted(set(unknown))} in "
+                f"{prompt!r}; leave out or replace those characters"
+            )
+        limit = encoder.position_embedding.weight.shape[0]
+        n = len(tokenizer.tokenize(prompt))
+        if n > limit:
+            raise ValueError(
+                f"{name}: {n} tokens (start and end marks included), more than the text "
+                f"encoder's limit of {limit}; shorten the prompt"
+            )
 
 
 def prompt_length(pipe, prompt: str) -> int:

@@ -245,10 +245,10 @@ def load_settings(path: Union[str, Path]) -> BendingSettings:
 
 def _read(path: Path) -> Any:
     suffix = path.suffix.lower()
-    if suffix not in (".toml", ".json", ".yaml", ".yml"):
-        raise ConfigError(f"{path}: expected a .toml, .json, .yaml or .yml file")
     if path.is_dir():
         raise ConfigError(f"{path}: expected a settings file, got a folder")
+    if suffix not in (".toml", ".json", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: expected a .toml, .json, .yaml or .yml file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
@@ -278,7 +278,12 @@ def _read(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML (or not plain data): {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"{path}: not valid YAML (or not plain data){at}: {problem}"
+        ) from err
 
 
 _PAREN = re.compile(r"\(([^()]*)\)")

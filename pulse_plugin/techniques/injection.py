@@ -20,6 +20,7 @@ import mlx.core as mx
 
 from .. import checks
 from ..chain import Call, Next
+from ..tokens import check_prompt
 from .base import Technique, active_rows, blend
 
 MODES = ("blend", "corepulse")
@@ -27,8 +28,7 @@ MODES = ("blend", "corepulse")
 
 def encode_prompt(pipe, prompt: str) -> mx.array:
     """The (1, T, D) text embedding upstream's pipeline computes for prompt."""
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompt: expected a str, got {prompt!r}")
+    check_prompt(pipe, prompt)
     if hasattr(pipe, "text_encoder_2"):
         c1 = pipe.text_encoder_1(pipe._tokenize(pipe.tokenizer_1, prompt))
         c2 = pipe.text_encoder_2(pipe._tokenize(pipe.tokenizer_2, prompt))
