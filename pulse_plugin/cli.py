@@ -111,8 +111,6 @@ class Settings:
             raise CliError("prompt: expected some text")
         if self.steps < 1:
             raise CliError(f"--steps {self.steps}: expected at least 1")
-        if self.size < 8:
-            raise CliError(f"--size {self.size}: expected at least 8 pixels")
 
 
 def generate(pipe, s: Settings, label: str = "generate"):
@@ -187,7 +185,6 @@ def _generate_or_capture(
         return generate(pipe, s, label)
     from .capture.gallery import capture_run
 
-    check_folder(Path(capture.dir), "capture dir")
     result = capture_run(
         pipe,
         s.prompt,
@@ -357,6 +354,8 @@ def cmd_generate(args) -> int:
     check_output(out)
     scale = checks.integer("--scale", args.scale, 1, 64, error=CliError)
     rec = build_recipe(args)
+    if rec.capture is not None:
+        check_folder(Path(rec.capture.dir), "capture dir")
     pipe, path = load_model(args.model)
     s = settings_for(args, rec, pipe, path)
     if rec.empty:
