@@ -390,6 +390,9 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
     from .toy import default_model_path
 
+    generate_entry({"steps": args.steps, "seed": args.seed}, "--")
+    checks.integer("--lora-steps", args.lora_steps, 0, error=CliError)
+    check_folder(Path(args.out), "--out")
     pipe, path = load_model(args.model)
     size = default_size(pipe, path)
     index = run_demo(
@@ -521,11 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:
+        blas.reexec_with_openblas("pulse_plugin.cli")
     from .pulse import PulseError
     from .sampling import NonFiniteError
 
-    if argv is None:
-        blas.reexec_with_openblas("pulse_plugin.cli")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -536,6 +539,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"pulse: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pulse: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

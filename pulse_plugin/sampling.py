@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 import mlx.core as mx
 import numpy as np
 
-from . import memory
+from . import checks, memory
 from .tokens import check_prompt
 
 
@@ -39,6 +39,10 @@ def final_latents(
     ``extra()`` returns lazy arrays (an observer's records) to evaluate with each
     step's latents; ``progress`` wraps the step iterator (a progress bar).
     """
+    checks.integer("num_steps", num_steps, 1)
+    checks.number("cfg_weight", cfg_weight)
+    checks.integer("seed", seed, 0, 2**64 - 1)
+    checks.integer("n_images", n_images, 1)
     check_prompt(pipe, prompt)
     check_prompt(pipe, negative_text, "negative")
     check_latent_size(pipe, latent_size)

@@ -517,3 +517,16 @@ def test_recipe_settings_are_used_and_flags_override_them(model_dir, tmp_path, c
         )
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--steps", "0"], "--steps: expected an integer in [1, 1000]"),
+        (["--seed", "-1"], "--seed: expected an integer"),
+        (["--lora-steps", "-1"], "--lora-steps: expected an integer >= 0"),
+    ],
+)
+def test_bad_demo_flags_exit_2(model_dir, tmp_path, capsys, flags, message):
+    err = fails(capsys, "demo", "--model", model_dir, "--out", tmp_path / "d", *flags)
+    assert message in err and not (tmp_path / "d").exists()

@@ -48,3 +48,24 @@ def test_a_broken_autoencoder_is_refused_not_decoded_black(tiny_pipe):
     conv.weight = conv.weight * float("nan")
     with pytest.raises(NonFiniteError, match="decoded image is non-finite"):
         decode(tiny_pipe, x)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_steps", 0),
+        ("num_steps", 2.5),
+        ("cfg_weight", float("nan")),
+        ("cfg_weight", float("inf")),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("n_images", 0),
+        ("latent_size", (9, 9)),
+        ("latent_size", (0, 8)),
+    ],
+)
+def test_loop_arguments_are_checked_before_any_step(tiny_pipe, field, value):
+    args = dict(num_steps=2, cfg_weight=7.5, latent_size=(8, 8), seed=0)
+    args[field] = value
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        final_latents(tiny_pipe, PROMPT, **args)
