@@ -82,12 +82,10 @@ def _selector(name: str, value: Any) -> Union[str, List[str]]:
     )
 
 
-def _mask(name: str, value: Any) -> Union[str, List]:
-    if not isinstance(value, (str, list)):
-        raise RecipeError(f"{name}: expected a mask name or a 2-D list, got {value!r}")
+def _mask(name: str, value: Any) -> Any:
     try:
         as_mask(value)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise RecipeError(f"{name}: {err}") from err
     return value
 
@@ -104,7 +102,7 @@ def _phrases(name: str, value: Any) -> Union[str, List[str]]:
 
 
 def _steps(name: str, value: Any) -> Tuple[Optional[int], Optional[int]]:
-    if not isinstance(value, list) or len(value) != 2:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise RecipeError(
             f"{name}: expected a pair [start, end] of step indices (null for open), "
             f"got {value!r}"
