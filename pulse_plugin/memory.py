@@ -43,13 +43,15 @@ def _conv_channels(module: nn.Module) -> int:
 
 
 def _attention_sites(unet) -> Iterable[Tuple[int, int]]:
-    """(level, heads) of every transformer block of the UNet."""
-    from .selectors import describe
-
-    levels = {s.block_id: s.level for s in describe(unet)}
-    for _, m in unet.named_modules():
-        if getattr(m, "block_id", None) in levels and hasattr(m, "attn1"):
-            yield levels[m.block_id], m.attn1.num_heads
+    """(level, heads) of every transformer block of the UNet (patched or not)."""
+    last = len(unet.down_blocks) - 1
+    for name, m in unet.named_modules():
+        if not hasattr(m, "attn1"):
+            continue
+        part, _, rest = name.partition(".")
+        index = int(rest.split(".")[0]) if rest[:1].isdigit() else 0
+        level = {"down_blocks": index, "up_blocks": last - index}.get(part, last)
+        yield level, m.attn1.num_heads
 
 
 def unet_bytes(pipe, latent_size: Tuple[int, int], batch: int) -> int:

@@ -156,6 +156,8 @@ class Pulse:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.active:
+            raise PulseError("this Pulse is not active: nothing to exit")
         stack = _ACTIVE.get(self.hooks, [])
         later = stack[stack.index(self) + 1 :] if self in stack else []
         for pulse in reversed(later):

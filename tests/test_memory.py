@@ -23,7 +23,7 @@ def measured(pipe, latent, cfg=7.5):
 
 
 @pytest.mark.parametrize("latent", [(8, 8), (32, 32), (16, 32)])
-@pytest.mark.parametrize("which", ["tiny_pipe", "tiny_xl"])
+@pytest.mark.parametrize("which", ["tiny_pipe", "tiny_xl", "plain_pipe"])
 def test_the_estimate_bounds_the_measured_peak(request, which, latent):
     pipe = request.getfixturevalue(which)
     unet, dec = measured(pipe, latent)

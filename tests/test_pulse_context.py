@@ -122,6 +122,8 @@ def test_out_of_order_exit_restores_exactly(pipe):
     assert np.array_equal(generate(pipe), only_b)
     b.__exit__(None, None, None)
     assert state(hooks) == before and vars(pipe) == attrs
+    with pytest.raises(PulseError, match="not active"):
+        b.__exit__(None, None, None)
     assert np.array_equal(generate(pipe), base)
 
 
