@@ -36,7 +36,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 
-from . import patchset
+from . import patchset, tokens
 from .chain import Call, Link, Next, SiteChain
 from .masks import as_mask
 from .schedule import PlannedStep, miss_message, planned_schedule
@@ -275,6 +275,7 @@ class Pulse:
                 "prompt: this technique needs the prompt being generated; pass prompt=... "
                 "or create Pulse(pipe, prompt=...)"
             )
+        tokens.check_prompt(self.pipe, prompt)
         return find_phrase_pipeline(self.pipe, prompt, phrase)
 
     # ---------------------------------------------------------------- windows

@@ -54,50 +54,6 @@ def _check_length(tokenizer, prompt: str, ws: Sequence[Word]) -> None:
         )
 
 
-def find_phrase_spans(tokenizer, prompt: str, phrase: str) -> List[List[int]]:
-    """Token positions of every whole-word occurrence of phrase in prompt, one list each."""
-    ws = words(tokenizer, prompt)
-    _check_length(tokenizer, prompt, ws)
-    target = [m.group() for m in tokenizer.pat.finditer(clean(phrase))]
-    if not target:
-        raise ValueError(f"phrase: expected at least one word, got {phrase!r}")
-    texts = [w.text for w in ws]
-    spans = []
-    for i in range(len(ws) - len(target) + 1):
-        if texts[i : i + len(target)] == target:
-            spans.append([p for w in ws[i : i + len(target)] for p in w.positions])
-    if not spans:
-        raise ValueError(
-            f"phrase {phrase!r} is not in the prompt {prompt!r}; its words are {texts}"
-        )
-    return spans
-
-
-def find_phrase(tokenizer, prompt: str, phrase: str) -> List[int]:
-    """Token positions (BOS = 0) of phrase in prompt, all occurrences; ValueError if absent."""
-    return sorted(
-        {p for span in find_phrase_spans(tokenizer, prompt, phrase) for p in span}
-    )
-
-
-def find_phrase_pipeline(pipe, prompt: str, phrase: str) -> List[int]:
-    """find_phrase with a pipeline's tokenizer(s); SDXL's two tokenizers must agree."""
-    check_prompt(pipe, prompt)
-    tokenizers = [
-        getattr(pipe, n)
-        for n in ("tokenizer", "tokenizer_1", "tokenizer_2")
-        if hasattr(pipe, n)
-    ]
-    if not tokenizers:
-        raise ValueError("pipe: expected a StableDiffusion(XL) object with a tokenizer")
-    found = [find_phrase(t, prompt, phrase) for t in tokenizers]
-    if any(f != found[0] for f in found[1:]):
-        raise ValueError(
-            f"phrase {phrase!r}: the tokenizers disagree on its positions: {found}"
-        )
-    return found[0]
-
-
 def _encoders(pipe) -> List[Tuple[object, object]]:
     """(tokenizer, text encoder) pairs of a pipeline: one for SD, two for SDXL."""
     pairs = [("tokenizer", "text_encoder"), ("tokenizer_1", "text_encoder_1")]
@@ -141,6 +97,49 @@ def check_prompt(pipe, prompt: str, name: str = "prompt") -> None:
                 f"{name}: {n} tokens (start and end marks included), more than the text "
                 f"encoder's limit of {limit}; shorten the prompt"
             )
+
+
+def find_phrase_spans(tokenizer, prompt: str, phrase: str) -> List[List[int]]:
+    """Token positions of every whole-word occurrence of phrase in prompt, one list each."""
+    ws = words(tokenizer, prompt)
+    _check_length(tokenizer, prompt, ws)
+    target = [m.group() for m in tokenizer.pat.finditer(clean(phrase))]
+    if not target:
+        raise ValueError(f"phrase: expected at least one word, got {phrase!r}")
+    texts = [w.text for w in ws]
+    spans = []
+    for i in range(len(ws) - len(target) + 1):
+        if texts[i : i + len(target)] == target:
+            spans.append([p for w in ws[i : i + len(target)] for p in w.positions])
+    if not spans:
+        raise ValueError(
+            f"phrase {phrase!r} is not in the prompt {prompt!r}; its words are {texts}"
+        )
+    return spans
+
+
+def find_phrase(tokenizer, prompt: str, phrase: str) -> List[int]:
+    """Token positions (BOS = 0) of phrase in prompt, all occurrences; ValueError if absent."""
+    return sorted(
+        {p for span in find_phrase_spans(tokenizer, prompt, phrase) for p in span}
+    )
+
+
+def find_phrase_pipeline(pipe, prompt: str, phrase: str) -> List[int]:
+    """find_phrase with a pipeline's tokenizer(s); SDXL's two tokenizers must agree."""
+    tokenizers = [
+        getattr(pipe, n)
+        for n in ("tokenizer", "tokenizer_1", "tokenizer_2")
+        if hasattr(pipe, n)
+    ]
+    if not tokenizers:
+        raise ValueError("pipe: expected a StableDiffusion(XL) object with a tokenizer")
+    found = [find_phrase(t, prompt, phrase) for t in tokenizers]
+    if any(f != found[0] for f in found[1:]):
+        raise ValueError(
+            f"phrase {phrase!r}: the tokenizers disagree on its positions: {found}"
+        )
+    return found[0]
 
 
 def prompt_length(pipe, prompt: str) -> int:
