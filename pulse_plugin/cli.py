@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from . import blas
-from .recipe import PULSE_SECTIONS, Recipe, RecipeError
+from . import blas, checks
+from .recipe import PULSE_SECTIONS, Capture, Recipe, RecipeError, generate_entry
 
 DESCRIPTION = """\
 CorePulse-style control for MLX Stable Diffusion.
@@ -70,12 +72,27 @@ def default_size(pipe, path: Optional[Path]) -> int:
     return 512
 
 
-def latent_for(pipe, size: int) -> Tuple[int, int]:
+def size_multiple(pipe) -> int:
+    """Image sides this model takes are multiples of this (autoencoder x UNet halvings)."""
+    from .sampling import unet_multiple
     from .toy.folder import downsampling
 
+    return downsampling(pipe) * unet_multiple(pipe)
+
+
+def latent_for(pipe, size: int, name: str = "--size") -> Tuple[int, int]:
+    """The latent (H, W) for a square image of size pixels; CliError naming the multiple."""
+    from .toy.folder import downsampling
+
+    m = size_multiple(pipe)
+    if size < m or size % m:
+        below, above = max(m, size // m * m), max(m, -(-size // m) * m)
+        near = f"{below}" if below == above else f"{below} or {above}"
+        raise CliError(
+            f"{name} {size}: this model takes sizes that are multiples of {m} "
+            f"(at least {m}); try {near}"
+        )
     down = downsampling(pipe)
-    if size % down:
-        raise CliError(f"--size {size}: expected a multiple of {down} for this model")
     return (size // down, size // down)
 
 
@@ -94,8 +111,6 @@ class Settings:
             raise CliError("prompt: expected some text")
         if self.steps < 1:
             raise CliError(f"--steps {self.steps}: expected at least 1")
-        if self.size < 8:
-            raise CliError(f"--size {self.size}: expected at least 8 pixels")
 
 
 def generate(pipe, s: Settings, label: str = "generate"):
@@ -103,7 +118,7 @@ def generate(pipe, s: Settings, label: str = "generate"):
     import numpy as np
     from tqdm import tqdm
 
-    from .sampling import final_latents, to_uint8
+    from .sampling import decode, final_latents, to_uint8
 
     x = final_latents(
         pipe,
@@ -117,7 +132,7 @@ def generate(pipe, s: Settings, label: str = "generate"):
             steps, total=s.steps, desc=label, leave=False, file=sys.stderr
         ),
     )
-    return to_uint8(np.array(pipe.decode(x)[0]))
+    return to_uint8(decode(pipe, x)[0])
 
 
 def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniques"):
@@ -129,7 +144,7 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
     from .pulse import Pulse
     from .recipe import apply_to
 
-    bends = bending_settings(recipe)
+    bends = recipe.bending
     clean = baseline_settings(s, recipe)
     prompt = clean.prompt
     with Pulse(pipe, prompt=prompt, num_steps=s.steps) as pulse:
@@ -150,7 +165,7 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
 
 def baseline_settings(s: Settings, recipe: Recipe) -> Settings:
     """The settings without techniques: bendable words lose their parentheses."""
-    if not recipe.techniques.get("bend"):
+    if recipe.bending is None:
         return s
     from .bending.config import parse_prompt
 
@@ -158,47 +173,28 @@ def baseline_settings(s: Settings, recipe: Recipe) -> Settings:
 
 
 def bending_settings(recipe: Recipe):
-    """The recipe's bends: a settings file (``file``) and/or inline bend tables."""
-    entries = recipe.techniques.get("bend", [])
-    if not entries:
-        return None
-    from .bending.config import BendingSettings, bend_from_dict, load_settings
-
-    settings = BendingSettings([], apply_to_output=True)
-    for i, entry in enumerate(entries):
-        if "file" in entry:
-            if set(entry) != {"file"}:
-                raise RecipeError(f"bend[{i}]: a bend with 'file' takes no other field")
-            loaded = load_settings(entry["file"])
-            settings.bends += loaded.bends
-            settings.apply_to_output = loaded.apply_to_output
-        else:
-            settings.bends.append(bend_from_dict(entry, f"bend[{i}]."))
-    return settings
+    """The recipe's bends (BendingSettings), or None."""
+    return recipe.bending
 
 
 def _generate_or_capture(
     pipe, s: Settings, recipe: Recipe, label: str, done: List[str]
 ):
-    entries = recipe.techniques.get("capture", [])
-    if not entries:
+    capture = recipe.capture
+    if capture is None:
         return generate(pipe, s, label)
     from .capture.gallery import capture_run
 
-    if len(entries) > 1 or set(entries[0]) - {"dir", "blocks"}:
-        raise RecipeError(
-            "capture: expected one table with fields dir and optional blocks"
-        )
     result = capture_run(
         pipe,
         s.prompt,
-        entries[0].get("dir", "pulse-capture"),
+        capture.dir,
         num_steps=s.steps,
         cfg_weight=s.cfg,
         latent_size=latent_for(pipe, s.size),
         seed=s.seed,
         negative_text=s.negative,
-        blocks=entries[0].get("blocks"),
+        blocks=capture.blocks,
     )
     done.append(f"capture: {result.folder}/index.html")
     return (result.image * 255).round().astype("uint8")
@@ -207,29 +203,25 @@ def _generate_or_capture(
 @contextmanager
 def loras_applied(pipe, recipe: Recipe, done: List[str]):
     """The recipe's LoRA adapters and blends, applied for the block's duration."""
-    entries = recipe.techniques.get("lora", [])
-    if not entries:
+    if not recipe.loras:
         yield
         return
     from .lora import adapters, blend, io
+    from .recipe import BlendFile
 
     loras, weights = [], []
-    for i, entry in enumerate(entries):
-        if "blend" in entry:
-            if set(entry) != {"blend"}:
-                raise RecipeError(f"lora[{i}]: a blend entry takes no other field")
-            b = blend.load_blend(entry["blend"])
+    for entry in recipe.loras:
+        if isinstance(entry, BlendFile):
+            b = blend.load_blend(entry.path)
             loras += blend.blend_loras(b)
             weights += b.effective_weights()
             done.append(
                 f"lora blend {b.name}: {dict(zip(b.adapter_names(), b.effective_weights()))}"
             )
             continue
-        if "path" not in entry or set(entry) - {"path", "weight"}:
-            raise RecipeError(f"lora[{i}]: expected fields path and optional weight")
-        loras.append(io.load_lora(entry["path"]))
-        weights.append(float(entry.get("weight", 1.0)))
-        done.append(f"lora: {entry['path']} weight {weights[-1]}")
+        loras.append(io.load_lora(entry.path))
+        weights.append(entry.weight)
+        done.append(f"lora: {entry.path} weight {entry.weight}")
     adapters.apply(pipe, loras, weights)
     try:
         yield
@@ -262,72 +254,126 @@ def side_by_side(images: Sequence, labels: Sequence[str], scale: int = 4):
     return canvas
 
 
+def check_folder(folder: Path, name: str, shown: Optional[Path] = None) -> None:
+    """CliError unless files can be created in folder (made if missing); nothing is left."""
+    shown = folder if shown is None else shown
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"{name} {shown}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".pulse-probe-")
+    except OSError as err:
+        raise CliError(
+            f"{name} {shown}: cannot write in {existing} ({err.strerror or err})"
+        ) from err
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output(path: Path, name: str = "-o") -> None:
+    """CliError unless a PNG can be written at path; checked before any generation."""
+    if path.suffix.lower() != ".png":
+        raise CliError(f"{name} {path}: expected a .png file name")
+    if path.is_dir():
+        raise CliError(f"{name} {path}: is a folder; expected a .png file name")
+    check_folder(path.parent, name, shown=path)
+
+
 def save_png(image, path: Path, scale: int = 1) -> Path:
+    """Write image as a PNG, whole or not at all (a temporary file renamed into place)."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = Image.fromarray(image)
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    pil.save(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
 
 
 # ------------------------------------------------------------- subcommands
 def build_recipe(args) -> Recipe:
+    """The recipe file (if any) and the technique flags, each checked once."""
     from . import recipe as recipes
 
     rec = recipes.load(Path(args.recipe)) if args.recipe else Recipe()
     for section in PULSE_SECTIONS:
+        flag = "--" + section.replace("_", "-")
         for text in getattr(args, section) or []:
-            rec.add(section, recipes.parse_flag(section, text))
+            rec.add(section, recipes.parse_flag(section, text), flag)
     for path in args.bend or []:
-        rec.add("bend", {"file": path})
+        rec.add("bend", {"file": path}, "--bend")
     if args.capture:
-        rec.techniques["capture"] = [{"dir": args.capture}]
+        blocks = rec.capture.blocks if rec.capture is not None else None
+        rec.capture = Capture(args.capture, blocks)
     for path in args.blend or []:
-        rec.add("lora", {"blend": path})
+        rec.add("lora", {"blend": path}, "--blend")
     for text in args.lora or []:
         path, _, weight = text.partition(":")
         try:
-            rec.add("lora", {"path": path, "weight": float(weight or 1.0)})
+            value = float(weight) if weight else 1.0
         except ValueError as err:
             raise CliError(f"--lora {text}: expected PATH or PATH:WEIGHT") from err
+        rec.add("lora", {"path": path, "weight": value}, f"--lora {text}")
     return rec
 
 
-def cmd_generate(args) -> int:
-    pipe, path = load_model(args.model)
-    rec = build_recipe(args)
-    gen = rec.generate
-
-    def pick(value, key, default):
-        return value if value is not None else gen.get(key, default)
-
-    s = Settings(
-        prompt=args.prompt,
-        negative=pick(args.negative, "negative", ""),
-        steps=pick(args.steps, "steps", 20),
-        cfg=pick(args.cfg, "cfg", 7.5),
-        seed=pick(args.seed, "seed", 0),
-        size=pick(args.size, "size", None) or default_size(pipe, path),
+def settings_for(args, rec: Recipe, pipe, path) -> Settings:
+    """The generation settings: flags over the recipe's [generate] over defaults."""
+    flags = generate_entry(
+        {k: getattr(args, k) for k in ("negative", "steps", "cfg", "seed", "size")},
+        "--",
     )
+    values = {**rec.generate, **flags}
+    s = Settings(
+        prompt=checks.text("prompt", args.prompt, empty=False, error=CliError),
+        negative=values.get("negative", ""),
+        steps=values.get("steps", 20),
+        cfg=values.get("cfg", 7.5),
+        seed=values.get("seed", 0),
+        size=values.get("size", default_size(pipe, path)),
+    )
+    where = "--size" if "size" in flags else f"{args.recipe}: generate.size"
+    latent_for(pipe, s.size, where if "size" in values else "the model's size")
+    return s
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+
     out = Path(args.output)
+    check_output(out)
+    scale = checks.integer("--scale", args.scale, 1, 64, error=CliError)
+    rec = build_recipe(args)
+    if rec.capture is not None:
+        check_folder(Path(rec.capture.dir), "capture dir")
+    pipe, path = load_model(args.model)
+    s = settings_for(args, rec, pipe, path)
     if rec.empty:
         image, done = generate(pipe, s), []
     else:
         image, done = generate_with(pipe, s, rec)
-    save_png(image, out, args.scale)
+    if args.compare:
+        base = generate(pipe, baseline_settings(s, rec), "baseline")
+    save_png(image, out, scale)
     print(f"wrote {out}")
     for line in done:
         print(f"  {line}")
     if args.compare:
-        base = generate(pipe, baseline_settings(s, rec), "baseline")
         grid = side_by_side(
             [base, image], ["baseline", "with techniques"], scale=display_scale(s.size)
         )
         compare = out.with_name(out.stem + "-compare.png")
-        grid.save(compare)
+        save_png(np.asarray(grid), compare)
         print(f"wrote {compare}")
     return 0
 
@@ -344,6 +390,9 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
     from .toy import default_model_path
 
+    generate_entry({"steps": args.steps, "seed": args.seed}, "--")
+    checks.integer("--lora-steps", args.lora_steps, 0, error=CliError)
+    check_folder(Path(args.out), "--out")
     pipe, path = load_model(args.model)
     size = default_size(pipe, path)
     index = run_demo(
@@ -477,16 +526,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv is None:
         blas.reexec_with_openblas("pulse_plugin.cli")
+    from .pulse import PulseError
+    from .sampling import NonFiniteError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (
-        CliError,
-        ValueError,
-        FileNotFoundError,
-    ) as err:  # RecipeError, LoRAError, ...
-        print(f"pulse: error: {err}", file=sys.stderr)
+    except (CliError, ValueError, PulseError, NonFiniteError) as err:
+        print(f"pulse: error: {err}", file=sys.stderr)  # RecipeError, LoRAError, ...
         return 2
+    except OSError as err:  # a file named on the command line or in a recipe
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"pulse: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pulse: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

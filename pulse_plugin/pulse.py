@@ -11,7 +11,14 @@ is registered; on exit (also on exceptions) the hooks' previous enabled flag,
 processors, observers and step are restored exactly. Techniques added before
 entry are installed on entry; techniques keep their configuration across
 entries, so one Pulse can be re-entered. Entering a Pulse inside another
-composes: the inner Pulse's links run first, then the outer's.
+composes: the inner Pulse's links run first, then the outer's. Pulses may exit
+in any order: one that exits while a later one is still active takes only its
+own links and observers away, and the last to exit restores the state found
+before the first entered.
+
+A generator from ``pipe.generate_latents`` created inside ``with`` belongs to
+that block: advancing it after the block has exited raises ``PulseError``
+(it would run without the techniques).
 
 Techniques that need the prompt's tokens (re-weighting, masking) take
 ``prompt=`` or use the one given to ``Pulse(pipe, prompt=...)``.
@@ -21,13 +28,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import warnings
+import weakref
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 
-from . import patchset
+from . import patchset, tokens
 from .chain import Call, Link, Next, SiteChain
 from .masks import as_mask
 from .prompt_weights import WeightedPrompt, parse
@@ -97,6 +106,11 @@ def check_patched(pipe) -> None:
         )
 
 
+# The active Pulses of each hooks object, in entry order.
+_ACTIVE: "weakref.WeakKeyDictionary[object, List[Pulse]]" = weakref.WeakKeyDictionary()
+GENERATORS = ("generate_latents", "generate_latents_from_image")
+
+
 class Pulse:
     """Techniques on a patched upstream pipeline, active inside ``with``."""
 
@@ -117,8 +131,10 @@ class Pulse:
         self.techniques: List[Technique] = []
         self.links: Dict[Key, List[Tuple[str, Link]]] = {}
         self.visited: List = []
+        self.observers: List = [self._observe]
         self._embeddings: Dict[str, mx.array] = {}
         self._saved = None
+        self._entry = None
         self._installed: Dict[Key, SiteChain] = {}
         self._entered: List[Technique] = []
 
@@ -132,27 +148,49 @@ class Pulse:
             raise PulseError(
                 "this Pulse is already active: exit it before entering again"
             )
-        h = self.hooks
-        self._saved = (h.enabled, dict(h.processors), list(h.observers), h.step)
+        stack = _ACTIVE.setdefault(self.hooks, [])
         self.visited = []
         try:
-            h.observers.append(self._observe)
-            for key in self.links:
-                self._install(key)
-            for t in self.techniques:
-                self._entered.append(t)
-                t.enter(self.pipe)
-            h.enabled = True
+            self._activate()
         except BaseException:
             self._restore()
             raise
+        if not stack:
+            _guard_generators(self.pipe, stack)
+        self._entry = object()
+        stack.append(self)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.active:
+            raise PulseError("this Pulse is not active: nothing to exit")
+        stack = _ACTIVE.get(self.hooks, [])
+        later = stack[stack.index(self) + 1 :] if self in stack else []
+        for pulse in reversed(later):
+            pulse._restore()
         self._restore()
+        self._entry = None
+        if self in stack:
+            stack.remove(self)
+        for pulse in later:  # exited out of order: the later Pulses stay active
+            pulse._activate()
+        if not stack:
+            _unguard_generators(self.pipe)
         if exc_type is None:
             self._warn_missed(self.visited, "this generation")
         return False
+
+    def _activate(self) -> None:
+        """Save the hooks' state, then install this Pulse's observers and chains."""
+        h = self.hooks
+        self._saved = (h.enabled, dict(h.processors), list(h.observers), h.step)
+        h.observers.extend(self.observers)
+        for key in self.links:
+            self._install(key)
+        for t in self.techniques:
+            self._entered.append(t)
+            t.enter(self.pipe)
+        h.enabled = True
 
     def _restore(self) -> None:
         enabled, processors, observers, step = self._saved
@@ -169,6 +207,12 @@ class Pulse:
 
     def _observe(self, step) -> None:
         self.visited.append(step)
+
+    def add_observer(self, observer) -> None:
+        """Call observer(step) before every denoising step while this Pulse is active."""
+        self.observers.append(observer)
+        if self.active:
+            self.hooks.observers.append(observer)
 
     def _install(self, key: Key) -> None:
         """Register this Pulse's chain for key, before whatever was there."""
@@ -247,6 +291,7 @@ class Pulse:
                 "prompt: this technique needs the prompt being generated; pass prompt=... "
                 "or create Pulse(pipe, prompt=...)"
             )
+        tokens.check_prompt(self.pipe, prompt)
         return find_phrase_pipeline(self.pipe, prompt, phrase)
 
     # ---------------------------------------------------------------- windows
@@ -613,6 +658,70 @@ class Pulse:
                 f"scale: expected 0 <= scale < 1 to suppress, got {scale!r}"
             )
         return self.self_attention(region_a, region_b, scale, symmetric=True, **kwargs)
+
+
+def active_techniques(pipe) -> List[str]:
+    """What acts on pipe at the hooks' current step: techniques, other links, LoRAs."""
+    out: List[str] = []
+    hooks = getattr(pipe.unet, "hooks", None)
+    if hooks is not None and hooks.enabled:
+        step = hooks.step
+        sites: Dict[str, List[str]] = {}
+        for (block_id, _), chain in hooks.processors.items():
+            for name, link in getattr(chain, "links", [("processor", chain)]):
+                technique = getattr(link, "__self__", None)
+                if isinstance(technique, Technique) and step is not None:
+                    if not technique.window.contains(step.step_idx, step.sigma):
+                        continue
+                sites.setdefault(name, []).append(block_id)
+        out += [f"{name} on {sorted(set(b))}" for name, b in sites.items()]
+    from .lora.adapters import active
+
+    out += [f"LoRA {name} weight {w:g}" for name, w in active(pipe).items()]
+    return out
+
+
+def _guard_generators(pipe, stack: List[Pulse]) -> None:
+    """Make pipe's latent generators refuse to run once the Pulses they began under exit."""
+    for name in GENERATORS:
+        original = getattr(pipe, name, None)
+        if original is None or name in vars(pipe):
+            continue
+        setattr(pipe, name, _guarded(original, stack))
+
+
+def _unguard_generators(pipe) -> None:
+    for name in GENERATORS:
+        if getattr(vars(pipe).get(name), "pulse_guard", False):
+            delattr(pipe, name)
+
+
+def _guarded(original, stack: List[Pulse]):
+    @functools.wraps(original)
+    def generator(*args, **kwargs):
+        under = [(pulse, pulse._entry) for pulse in stack]
+        return _checked(original.__name__, original(*args, **kwargs), under)
+
+    generator.pulse_guard = True
+    return generator
+
+
+def _checked(name: str, steps, under: List[Tuple[Pulse, object]]):
+    """steps, refusing to advance once a Pulse of under has exited since."""
+    for i in itertools.count():
+        gone = [p for p, entry in under if p._entry is not entry]
+        if gone:
+            raise PulseError(
+                f"{name}: this generator was created inside `with "
+                f"Pulse(...)` and is being advanced (step {i}) after that block "
+                "exited, so it would run without the techniques; consume it "
+                "inside the block"
+            )
+        try:
+            x = next(steps)
+        except StopIteration:
+            return
+        yield x
 
 
 def _delegate(processor) -> Link:

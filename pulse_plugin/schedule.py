@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
 
 import mlx.core as mx
+
+from . import checks
 
 
 @dataclass(frozen=True)
@@ -56,17 +57,9 @@ class Window:
 
     def __post_init__(self):
         for name in ("sigma_start", "sigma_end"):
-            v = getattr(self, name)
-            if v is not None and (
-                not isinstance(v, (int, float)) or math.isnan(v) or v < 0
-            ):
-                raise ValueError(f"{name}: expected a float >= 0 or None, got {v!r}")
+            checks.optional(checks.number, name, getattr(self, name), 0.0)
         for name in ("step_start", "step_end"):
-            v = getattr(self, name)
-            if v is not None and (
-                not isinstance(v, int) or isinstance(v, bool) or v < 0
-            ):
-                raise ValueError(f"{name}: expected an int >= 0 or None, got {v!r}")
+            checks.optional(checks.integer, name, getattr(self, name), 0)
         if (
             self.sigma_start is not None
             and self.sigma_end is not None

@@ -54,6 +54,51 @@ def _check_length(tokenizer, prompt: str, ws: Sequence[Word]) -> None:
         )
 
 
+def _encoders(pipe) -> List[Tuple[object, object]]:
+    """(tokenizer, text encoder) pairs of a pipeline: one for SD, two for SDXL."""
+    pairs = [("tokenizer", "text_encoder"), ("tokenizer_1", "text_encoder_1")]
+    pairs.append(("tokenizer_2", "text_encoder_2"))
+    return [
+        (getattr(pipe, t), getattr(pipe, e))
+        for t, e in pairs
+        if hasattr(pipe, t) and hasattr(pipe, e)
+    ]
+
+
+def unknown_pieces(tokenizer, prompt: str) -> List[str]:
+    """The pieces of prompt the tokenizer's vocabulary has no token for (e.g. an emoji)."""
+    pieces = [
+        piece
+        for match in tokenizer.pat.finditer(clean(prompt))
+        for piece in tokenizer.bpe(match.group())
+    ]
+    return [p.replace("</w>", "") for p in pieces if p not in tokenizer.vocab]
+
+
+def check_prompt(pipe, prompt: str, name: str = "prompt") -> None:
+    """ValueError naming the field unless every tokenizer can encode prompt within its limit.
+
+    Upstream's tokenizer has no fallback for characters outside its vocabulary
+    and does not truncate, so such prompts are refused here, up front.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"{name}: expected a string, got {prompt!r}")
+    for tokenizer, encoder in _encoders(pipe):
+        unknown = unknown_pieces(tokenizer, prompt)
+        if unknown:
+            raise ValueError(
+                f"{name}: the tokenizer has no token for {sorted(set(unknown))} in "
+                f"{prompt!r}; leave out or replace those characters"
+            )
+        limit = encoder.position_embedding.weight.shape[0]
+        n = len(tokenizer.tokenize(prompt))
+        if n > limit:
+            raise ValueError(
+                f"{name}: {n} tokens (start and end marks included), more than the text "
+                f"encoder's limit of {limit}; shorten the prompt"
+            )
+
+
 def find_phrase_spans(tokenizer, prompt: str, phrase: str) -> List[List[int]]:
     """Token positions of every whole-word occurrence of phrase in prompt, one list each."""
     ws = words(tokenizer, prompt)

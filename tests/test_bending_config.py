@@ -74,3 +74,62 @@ def test_parse_prompt():
     assert C.parse_prompt("no marks") == ("no marks", [])
     with pytest.raises(C.ConfigError, match="prompt"):
         C.parse_prompt("a (kiss")
+
+
+@pytest.mark.parametrize(
+    "top, field",
+    [
+        ({"record": "no"}, "record"),
+        ({"enabled": 1}, "enabled"),
+        ({"apply_to_output": "yes"}, "apply_to_output"),
+    ],
+)
+def test_booleans_are_booleans(top, field):
+    with pytest.raises(C.ConfigError, match=f"^{field}: expected true or false"):
+        C.settings_from_dict(top)
+    assert C.settings_from_dict({"record": False}).record is False
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), 1e309, "2", True, None, [2]]
+)
+def test_numbers_are_finite_numbers(value):
+    with pytest.raises(C.ConfigError, match=r"^configs\[0\]\.scale_factor: expected"):
+        C.settings_from_dict(
+            {"configs": [{"token": "k", "mode": "scale", "scale_factor": value}]}
+        )
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("b.yaml", "configs: [\n  {token: k", "not valid YAML"),
+        ("b.yaml", "!!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
+        ("b.toml", 'record = "no"\n', "record: expected true or false"),
+        ("b.yml", 'record: "no"\n', "record: expected true or false"),
+        ("b.toml", "[attention_bending\n", "not valid TOML"),
+        ("b.json", "{", "not valid JSON"),
+        (
+            "b.json",
+            '{"configs": [{"token": "k", "mode": "zoom"}]}',
+            r"configs\[0\]\.mode",
+        ),
+        ("b.txt", "", "expected a .toml, .json, .yaml or .yml"),
+    ],
+)
+def test_file_errors_name_the_file_and_field(tmp_path, name, text, message):
+    pytest.importorskip("yaml")
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(C.ConfigError, match=f"^{path}: .*{message}"):
+        C.load_settings(path)
+
+
+def test_missing_file_and_folder_are_named(tmp_path):
+    with pytest.raises(C.ConfigError, match="no such settings file"):
+        C.load_settings(tmp_path / "none.toml")
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(
+        C.ConfigError, match="dir.toml: expected a settings file, got a folder"
+    ):
+        C.load_settings(tmp_path / "dir.toml")

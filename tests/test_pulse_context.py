@@ -102,6 +102,70 @@ def test_reentry_and_nesting(pipe):
     del rec_outer, rec_inner
 
 
+def test_out_of_order_exit_restores_exactly(pipe):
+    """a in, b in, a out, b out: b alone in between, the original state after."""
+    hooks = pipe.unet.hooks
+    base = generate(pipe)
+    before, attrs = state(hooks), dict(vars(pipe))
+    a, b = Pulse(pipe), Pulse(pipe)
+    a.inject("all", "a green house", weight=1.0)
+    b.inject("mid", "a blue square", weight=1.0)
+    with b:
+        only_b = generate(pipe)
+    assert state(hooks) == before
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert not a.active and b.active and hooks.enabled
+    assert len(hooks.observers) == len(before[2]) + 1
+    assert all(len(c.links) == 1 for c in hooks.processors.values())
+    assert np.array_equal(generate(pipe), only_b)
+    b.__exit__(None, None, None)
+    assert state(hooks) == before and vars(pipe) == attrs
+    with pytest.raises(PulseError, match="not active"):
+        b.__exit__(None, None, None)
+    assert np.array_equal(generate(pipe), base)
+
+
+def test_three_pulses_exit_in_every_order_leave_nothing(pipe):
+    hooks = pipe.unet.hooks
+    base, before = generate(pipe), state(hooks)
+    for order in ([0, 1, 2], [1, 0, 2], [2, 0, 1], [0, 2, 1]):
+        pulses = [Pulse(pipe) for _ in range(3)]
+        for i, p in enumerate(pulses):
+            p.inject("all", ["a dog", "a cat", "a tree"][i], weight=0.5)
+            p.__enter__()
+        for i in order:
+            pulses[i].__exit__(None, None, None)
+            live = [p for p in pulses if p.active]
+            assert hooks.enabled == bool(live)
+            assert all(len(c.links) == len(live) for c in hooks.processors.values())
+        assert state(hooks) == before
+    assert np.array_equal(generate(pipe), base)
+
+
+def test_a_generator_consumed_after_its_pulse_exited_is_refused(pipe):
+    with Pulse(pipe) as pulse:
+        pulse.inject("all", "a green house", weight=1.0)
+        late = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        half = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        again = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        mx.eval(next(half))
+    with pytest.raises(PulseError, match=r"created inside .*step 0.*exited"):
+        next(late)
+    with pytest.raises(PulseError, match=r"step 1.*without the techniques"):
+        next(half)
+    with pulse:  # re-entering does not revive a generator of the earlier block
+        with pytest.raises(PulseError, match="exited"):
+            next(again)
+        inside = pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8))
+        assert len(list(inside)) == 2
+    assert "generate_latents" not in vars(pipe)
+    assert (
+        len(list(pipe.generate_latents(PROMPT, num_steps=2, latent_size=(8, 8)))) == 2
+    )
+
+
 def test_selectors_sd_and_sdxl(pipe, xl):
     sites = describe(pipe.unet)
     assert list_blocks(pipe) == pipe.unet.hooks.sites
@@ -217,3 +281,22 @@ def test_a_foreign_processor_registered_before_runs_after_the_links(pipe):
         assert hooks.processors[("mid.0.0", "cross")] is foreign
     finally:
         hooks.clear()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e309, -1.0, "2", True])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda p, v: p.inject("all", "a dog", weight=v), "weight"),
+        (lambda p, v: p.regional("a dog", "left", weight=v), "weight"),
+        (lambda p, v: p.reweight("red", v), "scale"),
+        (lambda p, v: p.self_attention("left", "right", v), "scale"),
+        (lambda p, v: p.inject("all", "a dog", sigma_start=v), "sigma_start"),
+        (lambda p, v: p.inject("all", "a dog", sigma_end=v), "sigma_end"),
+    ],
+)
+def test_api_numbers_are_checked_where_they_enter(pipe, call, field, bad):
+    pulse = Pulse(pipe, prompt=PROMPT)
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        call(pulse, bad)
+    assert pulse.techniques == [] and pulse.links == {}

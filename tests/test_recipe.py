@@ -65,16 +65,17 @@ def test_bad_files_are_named(tmp_path):
 def test_apply_to_names_the_entry_and_field(sd):
     pipe = tiny.build_pipeline(sd, tiny.TinyConfig())
     prompt = "a red circle on the left"
+    with pytest.raises(
+        recipe.RecipeError, match=r"^recipe: inject\[0\]: unknown field 'wieght'"
+    ):
+        recipe.from_dict({"inject": [{"block": "all", "prompt": "blue", "wieght": 2}]})
     with Pulse(pipe, prompt=prompt) as pulse:
         bad = recipe.from_dict(
-            {"inject": [{"block": "all", "prompt": "blue", "wieght": 2}]}
+            {"reweight": [{"phrase": "green", "scale": 2}]}, "r.toml"
         )
         with pytest.raises(
-            recipe.RecipeError, match=r"inject\[0\]: unknown field 'wieght'"
+            recipe.RecipeError, match=r"^r.toml: reweight\[0\]: .*green"
         ):
-            recipe.apply_to(pulse, bad)
-        bad = recipe.from_dict({"reweight": [{"phrase": "green", "scale": 2}]})
-        with pytest.raises(recipe.RecipeError, match=r"reweight\[0\]: .*green"):
             recipe.apply_to(pulse, bad)
 
 

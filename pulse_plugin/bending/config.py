@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .. import checks
 from . import transforms
 
 Layer = Union[int, str]
@@ -89,13 +90,7 @@ class BendingSettings:
 
 
 def _number(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise ConfigError(
-            f"{name}: expected a finite number in [{lo}, {hi}], got {value!r}"
-        )
-    return float(value)
+    return checks.number(name, value, lo, hi, error=ConfigError)
 
 
 def _numbers(name: str, value: Any, n: int, lo=-math.inf, hi=math.inf) -> tuple:
@@ -105,9 +100,11 @@ def _numbers(name: str, value: Any, n: int, lo=-math.inf, hi=math.inf) -> tuple:
 
 
 def _choice(name: str, value: Any, options: Sequence[str]) -> str:
-    if value not in options:
-        raise ConfigError(f"{name}: expected one of {list(options)}, got {value!r}")
-    return value
+    return checks.choice(name, value, options, error=ConfigError)
+
+
+def _boolean(name: str, value: Any) -> bool:
+    return checks.boolean(name, value, error=ConfigError)
 
 
 def validate(c: BendConfig, prefix: str = "") -> None:
@@ -117,10 +114,7 @@ def validate(c: BendConfig, prefix: str = "") -> None:
         raise ConfigError(f"{p}token: expected a word of the prompt, got {c.token!r}")
     c.mode = _choice(f"{p}mode", c.mode, transforms.MODES)
     c.strength = _number(f"{p}strength", c.strength, 0.0, 1.0)
-    if not isinstance(c.renormalize, bool):
-        raise ConfigError(
-            f"{p}renormalize: expected true or false, got {c.renormalize!r}"
-        )
+    c.renormalize = _boolean(f"{p}renormalize", c.renormalize)
     c.scale_factor = _number(f"{p}scale_factor", c.scale_factor, 0.0)
     c.region = _numbers(f"{p}region", c.region, 4, 0.0, 1.0)
     if c.region[0] > c.region[2] or c.region[1] > c.region[3]:
@@ -180,8 +174,9 @@ def validate(c: BendConfig, prefix: str = "") -> None:
                 f"selectors, got {c.apply_to_layers!r}"
             )
         c.apply_to_layers = list(layers)
-    if not isinstance(c.apply_to_uncond, bool):
-        raise ConfigError(f"{p}apply_to_uncond: expected true or false")
+    c.apply_to_uncond = _boolean(f"{p}apply_to_uncond", c.apply_to_uncond)
+    if c.name is not None:
+        checks.text(f"{p}name", c.name, error=ConfigError)
 
 
 def bend_from_dict(d: Mapping[str, Any], prefix: str = "") -> BendConfig:
@@ -222,41 +217,73 @@ def settings_from_dict(d: Mapping[str, Any]) -> BendingSettings:
         apply = (
             _choice("phase", d["phase"], ("visualize", "visualise", "apply")) == "apply"
         )
-    for key, value in (("apply_to_output", apply), ("enabled", d.get("enabled", True))):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    apply = _boolean("apply_to_output", apply)
+    enabled = _boolean("enabled", d.get("enabled", True))
+    record = _boolean("record", d.get("record", True))
     key = "bends" if "bends" in d else "configs"
     items = d.get(key, [])
     if not isinstance(items, list):
         raise ConfigError(f"{key}: expected a list of bends, got {items!r}")
     bends = [bend_from_dict(b, f"{key}[{i}].") for i, b in enumerate(items)]
-    return BendingSettings(
-        bends, apply, d.get("enabled", True), bool(d.get("record", True))
-    )
+    return BendingSettings(bends, apply, enabled, record)
 
 
 def load_settings(path: Union[str, Path]) -> BendingSettings:
-    """Settings from a .toml, .json or .yaml/.yml file (YAML needs PyYAML)."""
-    path = Path(path)
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        import tomllib
+    """Settings from a .toml, .json or .yaml/.yml file (YAML needs PyYAML).
 
-        data = tomllib.loads(text)
-    elif suffix == ".json":
-        data = json.loads(text)
-    elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ConfigError(
-                f"{path}: YAML configs need PyYAML (pip install pyyaml)"
-            ) from e
-        data = yaml.safe_load(text)
-    else:
+    Every error names the file; YAML is read with the safe loader, so a python
+    tag is refused, never executed.
+    """
+    path = Path(path)
+    try:
+        return settings_from_dict(_read(path))
+    except ConfigError as err:
+        if str(err).startswith(f"{path}: "):
+            raise
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def _read(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise ConfigError(f"{path}: expected a settings file, got a folder")
+    if suffix not in (".toml", ".json", ".yaml", ".yml"):
         raise ConfigError(f"{path}: expected a .toml, .json, .yaml or .yml file")
-    return settings_from_dict(data)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such settings file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it ({err})") from err
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError as err:  # pragma: no cover - Python 3.10
+            raise ConfigError(f"{path}: TOML needs Python 3.11+; use JSON") from err
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    try:
+        import yaml
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ConfigError(
+            f"{path}: YAML configs need PyYAML (pip install pyyaml)"
+        ) from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"{path}: not valid YAML (or not plain data){at}: {problem}"
+        ) from err
 
 
 _PAREN = re.compile(r"\(([^()]*)\)")

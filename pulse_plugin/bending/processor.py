@@ -349,9 +349,9 @@ def install(
     pulse = Pulse(pipe)
     for (block_id, kind), link in links.items():
         pulse.add_link(block_id, kind, link, name=name)
+    if observer is not None:
+        pulse.add_observer(observer)
     with pulse:
-        if observer is not None:
-            pipe.unet.hooks.observers.append(observer)
         yield
 
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from .. import tokens
 from ..bending.config import BendConfig, BendingSettings
-from ..sampling import final_latents
+from ..sampling import decode, final_latents
 from .recorder import Recorder, StepMaps
 
 _ANCHORS = np.array(
@@ -258,7 +258,7 @@ def capture_run(
                 bender.__exit__(None, None, None)
     seconds = time.perf_counter() - t0
     peak = mx.get_peak_memory()
-    image = np.array(pipe.decode(x)[0], dtype=np.float32)
+    image = decode(pipe, x)[0]
     worst = recorder.check_probabilities()
     words = word_maps(pipe, clean)
     tok = getattr(pipe, "tokenizer", None) or pipe.tokenizer_1

@@ -18,7 +18,9 @@ from typing import Optional, Tuple
 
 import mlx.core as mx
 
+from .. import checks
 from ..chain import Call, Next
+from ..tokens import check_prompt
 from .base import Technique, active_rows, blend
 
 MODES = ("blend", "corepulse")
@@ -26,8 +28,7 @@ MODES = ("blend", "corepulse")
 
 def encode_prompt(pipe, prompt: str) -> mx.array:
     """The (1, T, D) text embedding upstream's pipeline computes for prompt."""
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompt: expected a str, got {prompt!r}")
+    check_prompt(pipe, prompt)
     if hasattr(pipe, "text_encoder_2"):
         c1 = pipe.text_encoder_1(pipe._tokenize(pipe.tokenizer_1, prompt))
         c2 = pipe.text_encoder_2(pipe._tokenize(pipe.tokenizer_2, prompt))
@@ -81,8 +82,7 @@ class Injection(Technique):
             raise ValueError("kind: prompt injection acts on cross-attention only")
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise ValueError(f"weight: expected a float >= 0, got {self.weight!r}")
+        self.weight = checks.number("weight", self.weight, 0.0)
         if self.embedding is None or self.embedding.ndim != 3:
             raise ValueError("embedding: expected a (1, T, D) text embedding")
 

@@ -15,6 +15,7 @@ from typing import Dict, List, Tuple
 import mlx.core as mx
 import numpy as np
 
+from .. import checks
 from ..chain import Call, Next
 from ..masks import resize
 from .base import Technique, active_rows
@@ -31,8 +32,7 @@ class Region:
     weight: float = 1.0
 
     def __post_init__(self):
-        if not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise ValueError(f"weight: expected a float >= 0, got {self.weight!r}")
+        self.weight = checks.number("weight", self.weight, 0.0)
 
 
 def region_weights(

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 import mlx.core as mx
 import numpy as np
 
-from .. import attention
+from .. import attention, checks
 from ..chain import Call, Next
 from ..masks import resize
 from .base import Technique, active_rows, row_mask
@@ -61,10 +61,7 @@ class TokenReweight(Technique):
             raise ValueError("kind: token re-weighting acts on cross-attention only")
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.scale, (int, float)) or not np.isfinite(self.scale):
-            raise ValueError(f"scale: expected a finite float, got {self.scale!r}")
-        if self.scale < 0:
-            raise ValueError(f"scale: expected >= 0, got {self.scale!r}")
+        self.scale = checks.number("scale", self.scale, 0.0)
         if self.mode == "logit" and self.keep_only:
             raise ValueError("mode: keep_only works with mode='prob' only")
         if not self.positions:

@@ -15,6 +15,7 @@ from typing import Dict
 import mlx.core as mx
 import numpy as np
 
+from .. import checks
 from ..chain import Call, Next
 from ..masks import resize
 from .base import Technique, active_rows, row_mask
@@ -53,12 +54,7 @@ class SelfAttentionControl(Technique):
         super().__post_init__()
         if self.kind != "self":
             raise ValueError("kind: self-attention control acts on self-attention only")
-        if (
-            not isinstance(self.scale, (int, float))
-            or not np.isfinite(self.scale)
-            or self.scale < 0
-        ):
-            raise ValueError(f"scale: expected a finite float >= 0, got {self.scale!r}")
+        self.scale = checks.number("scale", self.scale, 0.0)
         if self.query_mask is None or self.key_mask is None:
             raise ValueError("query_mask, key_mask: expected 2-D masks")
 
