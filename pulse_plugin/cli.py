@@ -21,6 +21,7 @@ CorePulse-style control for MLX Stable Diffusion.
   pulse demo                         every technique on the bundled toy model -> pulse-demo/index.html
   pulse generate "a red circle on the left" --inject block=all,prompt=blue --compare
   pulse generate PROMPT --recipe recipe.toml --capture gallery/
+  pulse edit "a red circle on the left" "a blue circle on the left" --compare
   pulse blocks                       the model's attention sites and their selector names
 
 Models: the bundled toy model (default), any local diffusers-layout folder
@@ -105,6 +106,8 @@ class Settings:
     cfg: float = 7.5
     seed: int = 0
     size: int = 32
+    weights: Optional[str] = None  # prompt-weighting syntax: "a1111" or "compel"
+    weights_mode: str = "attention"
 
     def __post_init__(self):
         if not self.prompt.strip():
@@ -149,6 +152,9 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
     prompt = clean.prompt
     with Pulse(pipe, prompt=prompt, num_steps=s.steps) as pulse:
         done = apply_to(pulse, recipe)
+        if s.weights is not None:
+            pulse.prompt_weights(s.prompt, s.weights, s.weights_mode)
+            done.append(f"prompt weights ({s.weights}, on {s.weights_mode})")
         bender = None
         if bends is not None:
             from .bending.processor import Bender
@@ -164,7 +170,16 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
 
 
 def baseline_settings(s: Settings, recipe: Recipe) -> Settings:
-    """The settings without techniques: bendable words lose their parentheses."""
+    """The settings without techniques: bend or weight marks removed from the prompt."""
+    if s.weights is not None:
+        if recipe.bending is not None:
+            raise CliError(
+                "--weights: the prompt-weighting syntax and bends both mark words with"
+                " parentheses; use one of them"
+            )
+        from .prompt_weights import parse
+
+        return replace(s, prompt=parse(s.prompt, s.weights).text, weights=None)
     if recipe.bending is None:
         return s
     from .bending.config import parse_prompt
@@ -327,20 +342,27 @@ def build_recipe(args) -> Recipe:
     return rec
 
 
-def settings_for(args, rec: Recipe, pipe, path) -> Settings:
+def settings_for(
+    args, rec: Recipe, pipe, path, prompt: Optional[str] = None
+) -> Settings:
     """The generation settings: flags over the recipe's [generate] over defaults."""
-    flags = generate_entry(
-        {k: getattr(args, k) for k in ("negative", "steps", "cfg", "seed", "size")},
-        "--",
-    )
+    names = ("negative", "steps", "cfg", "seed", "size", "weights", "weights_mode")
+    flags = generate_entry({k: getattr(args, k, None) for k in names}, "--")
     values = {**rec.generate, **flags}
     s = Settings(
-        prompt=checks.text("prompt", args.prompt, empty=False, error=CliError),
+        prompt=checks.text(
+            "prompt",
+            args.prompt if prompt is None else prompt,
+            empty=False,
+            error=CliError,
+        ),
         negative=values.get("negative", ""),
         steps=values.get("steps", 20),
         cfg=values.get("cfg", 7.5),
         seed=values.get("seed", 0),
         size=values.get("size", default_size(pipe, path)),
+        weights=values.get("weights"),
+        weights_mode=values.get("weights_mode", "attention"),
     )
     where = "--size" if "size" in flags else f"{args.recipe}: generate.size"
     latent_for(pipe, s.size, where if "size" in values else "the model's size")
@@ -358,7 +380,7 @@ def cmd_generate(args) -> int:
         check_folder(Path(rec.capture.dir), "capture dir")
     pipe, path = load_model(args.model)
     s = settings_for(args, rec, pipe, path)
-    if rec.empty:
+    if rec.empty and s.weights is None:
         image, done = generate(pipe, s), []
     else:
         image, done = generate_with(pipe, s, rec)
@@ -371,6 +393,97 @@ def cmd_generate(args) -> int:
     if args.compare:
         grid = side_by_side(
             [base, image], ["baseline", "with techniques"], scale=display_scale(s.size)
+        )
+        compare = out.with_name(out.stem + "-compare.png")
+        save_png(np.asarray(grid), compare)
+        print(f"wrote {compare}")
+    return 0
+
+
+def _pairs(flag: str, items: Sequence[str]) -> dict:
+    """WORD=SCALE items as {word: scale}."""
+    out = {}
+    for item in items or []:
+        word, sep, value = item.rpartition("=")
+        if not sep or not word.strip():
+            raise CliError(f"{flag} {item}: expected WORD=SCALE")
+        out[word.strip()] = checks.number(f"{flag} {item}", _float(flag, value), 0.0)
+    return out
+
+
+def _float(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError as err:
+        raise CliError(f"{flag}: expected a number, got {text!r}") from err
+
+
+def _window(flag: str, text: Optional[str]) -> Optional[Tuple]:
+    """START:END sigmas (either may be empty) as a pair, or None."""
+    if text is None:
+        return None
+    start, sep, end = text.partition(":")
+    if not sep:
+        raise CliError(
+            f"{flag} {text}: expected START:END sigmas (either may be empty)"
+        )
+    return tuple(
+        checks.number(f"{flag} {text}", _float(flag, v), 0.0) if v.strip() else None
+        for v in (start, end)
+    )
+
+
+def cmd_edit(args) -> int:
+    """Prompt-to-prompt: the source and the edit in one batch; -o is the edit."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .pulse import Pulse
+    from .sampling import decode, final_latents, to_uint8
+
+    out = Path(args.output)
+    check_output(out)
+    reweight = _pairs("--reweight", args.reweight)
+    self_window = _window("--self-window", args.self_window)
+    blend_window = _window("--blend-window", args.blend_window) or (None, None)
+    cross = _window("--window", args.window) or (None, None)
+    pipe, path = load_model(args.model)
+    args.recipe = None
+    s = settings_for(args, Recipe(), pipe, path, prompt=args.source)
+    checks.text("edit", args.edit, empty=False, error=CliError)
+    with Pulse(pipe, num_steps=s.steps) as pulse:
+        edit = pulse.prompt_to_prompt(
+            args.source,
+            args.edit,
+            mode=args.mode,
+            block=args.block,
+            sigma_start=cross[0],
+            sigma_end=cross[1],
+            reweight=reweight or None,
+            self_window=self_window,
+            local_blend=args.local_blend,
+            blend_window=blend_window,
+            threshold=args.threshold,
+        )
+        x = final_latents(
+            pipe,
+            edit.source,
+            n_images=2,
+            num_steps=s.steps,
+            cfg_weight=s.cfg,
+            negative_text=s.negative,
+            latent_size=latent_for(pipe, s.size),
+            seed=s.seed,
+            progress=lambda steps: tqdm(
+                steps, total=s.steps, desc="edit", leave=False, file=sys.stderr
+            ),
+        )
+    source, edited = (to_uint8(image) for image in decode(pipe, x))
+    save_png(edited, out, args.scale)
+    print(f"wrote {out} (the edit of {args.source!r} into {args.edit!r})")
+    if args.compare:
+        grid = side_by_side(
+            [source, edited], ["source", "edit"], scale=display_scale(s.size)
         )
         compare = out.with_name(out.stem + "-compare.png")
         save_png(np.asarray(grid), compare)
@@ -462,6 +575,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. query_region=left,key_region=right,scale=2",
     )
     g.add_argument(
+        "--pag",
+        action="append",
+        help="perturbed-attention guidance, e.g. scale=3,block=mid",
+    )
+    g.add_argument(
+        "--weights",
+        choices=("a1111", "compel"),
+        help="read weights written in the prompt: A1111's (word:1.4) or compel's word+",
+    )
+    g.add_argument(
+        "--weights-mode",
+        dest="weights_mode",
+        choices=("attention", "embedding"),
+        help="what the weights scale: attention probabilities (default) or, as A1111,"
+        " token embeddings",
+    )
+    g.add_argument(
         "--bend",
         action="append",
         help="attention-bending settings (TOML/JSON/YAML, see examples/bending.toml); "
@@ -514,6 +644,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the demo's recolouring LoRA this many steps on the toy model (0: skip)",
     )
     d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser(
+        "edit",
+        help="prompt-to-prompt: edit SOURCE into EDIT keeping its layout",
+        description="Generate SOURCE and EDIT in one batch from the same noise; the edit takes "
+        "the source's cross-attention maps for the tokens they share (docs/techniques.md, "
+        "prompt-to-prompt). -o is the edited image; --compare also writes source | edit.",
+    )
+    e.add_argument("source", help="the source prompt")
+    e.add_argument("edit", help="the edited prompt")
+    e.add_argument(
+        "--mode",
+        default="replace",
+        choices=("replace", "refine", "reweight"),
+        help="replace: a word swapped (same token count); refine: words added or removed;"
+        " reweight: with --reweight WORD=SCALE",
+    )
+    e.add_argument("--block", default="all", help="sites whose maps are shared")
+    e.add_argument(
+        "--window", help="sigma window START:END of the sharing (default all)"
+    )
+    e.add_argument(
+        "--self-window",
+        help="also share self-attention maps in this sigma window START:END",
+    )
+    e.add_argument(
+        "--reweight", action="append", help="WORD=SCALE (mode reweight), repeatable"
+    )
+    e.add_argument(
+        "--local-blend",
+        action="append",
+        help="keep the image outside this word's attention the source's (repeatable)",
+    )
+    e.add_argument("--blend-window", help="sigma window START:END of the local blend")
+    e.add_argument(
+        "--threshold", type=float, default=0.3, help="local blend's mask threshold"
+    )
+    for name, kind, helptext in (
+        ("--model", str, "'toy' (default), a diffusers-layout folder or a file"),
+        ("--negative", str, "negative prompt (default: empty)"),
+        ("--steps", int, "denoising steps (default 20)"),
+        ("--cfg", float, "classifier-free guidance weight (default 7.5)"),
+        ("--seed", int, "random seed (default 0)"),
+        ("--size", int, "image size in pixels (default: the model's)"),
+    ):
+        e.add_argument(name, type=kind, help=helptext)
+    e.add_argument("--compare", action="store_true", help="also write source | edit")
+    e.add_argument("--scale", type=int, default=1, help="upscale saved images")
+    e.add_argument("-o", "--output", default="pulse-edit.png", help="the edited image")
+    e.set_defaults(func=cmd_edit)
 
     b = sub.add_parser(
         "blocks", help="list the model's attention sites and selector names"

@@ -45,7 +45,8 @@ from .bending.config import (
     load_settings,
 )
 from .masks import as_mask
-from .pulse import Pulse
+from .prompt_weights import SYNTAXES
+from .pulse import WEIGHT_MODES, Pulse
 
 try:  # Python 3.11+
     import tomllib
@@ -59,9 +60,18 @@ PULSE_SECTIONS = {
     "keep_only": "keep_only",
     "region": "regional",
     "self_attention": "self_attention",
+    "pag": "perturbed_attention",
 }
 OTHER_SECTIONS = ("bend", "lora", "capture")
-GENERATE_FIELDS = ("negative", "steps", "cfg", "seed", "size")
+GENERATE_FIELDS = (
+    "negative",
+    "steps",
+    "cfg",
+    "seed",
+    "size",
+    "weights",
+    "weights_mode",
+)
 MAX_STEPS = 1000
 MAX_CFG = 100.0
 MAX_SEED = 2**64 - 1
@@ -220,6 +230,10 @@ def generate_entry(data: Any, where: str) -> Dict[str, Any]:
         "cfg": lambda n, v: checks.number(n, v, 0.0, MAX_CFG, error=RecipeError),
         "seed": lambda n, v: checks.integer(n, v, 0, MAX_SEED, error=RecipeError),
         "size": lambda n, v: checks.integer(n, v, 1, error=RecipeError),
+        "weights": lambda n, v: checks.choice(n, v, SYNTAXES, error=RecipeError),
+        "weights_mode": lambda n, v: checks.choice(
+            n, v, WEIGHT_MODES, error=RecipeError
+        ),
     }
     return {k: checkers[k](f"{where}{k}", v) for k, v in data.items() if v is not None}
 
