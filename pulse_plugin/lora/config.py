@@ -24,6 +24,8 @@ REFUSED = {
     "use_dora": "DoRA (weight-decomposed LoRA) is not supported",
     "lora_bias": "a LoRA bias on B is not supported",
     "fan_in_fan_out": "fan_in_fan_out (Conv1D layers) does not occur in these models",
+    "use_qalora": "QA-LoRA is not supported",
+    "use_bdlora": "block-diagonal LoRA is not supported",
 }
 # Fields that must be empty (null, [] or {}) for the plain LoRA update to hold.
 MUST_BE_EMPTY = {
@@ -31,6 +33,11 @@ MUST_BE_EMPTY = {
     "alora_invocation_tokens": "activated LoRA (aLoRA) is not supported",
     "modules_to_save": "fully trained extra modules are not supported",
     "trainable_token_indices": "trainable tokens are not supported",
+    "target_parameters": "LoRA on bare parameters is not supported",
+    "arrow_config": "Arrow routing is not supported",
+    "kasa_config": "KaSA is not supported",
+    "velora_config": "VeLoRA is not supported",
+    "monteclora_config": "MonteCLoRA is not supported",
 }
 
 
@@ -48,6 +55,7 @@ class AdapterConfig:
     alpha_pattern: Dict[str, float] = field(default_factory=dict)
     use_rslora: bool = False
     target_modules: Optional[Union[str, Tuple[str, ...]]] = None
+    exclude_modules: Optional[Union[str, Tuple[str, ...]]] = None
     source: str = ""
 
     def rank_alpha(self, module: str) -> Tuple[int, float]:
@@ -59,13 +67,17 @@ class AdapterConfig:
         return rank, alpha
 
     def targets(self, module: str) -> bool:
-        """True if ``target_modules`` selects ``module`` (always, when it is not set)."""
-        t = self.target_modules
-        if t is None:
-            return True
-        if isinstance(t, str):
-            return re.fullmatch(t, module) is not None
-        return any(module == name or module.endswith("." + name) for name in t)
+        """True if ``target_modules`` selects ``module`` and ``exclude_modules`` does not."""
+        if self.exclude_modules is not None and _selects(self.exclude_modules, module):
+            return False
+        return self.target_modules is None or _selects(self.target_modules, module)
+
+
+def _selects(names: Union[str, Tuple[str, ...]], module: str) -> bool:
+    """PEFT's rule: a string is a full-match pattern, a list holds names or dotted suffixes."""
+    if isinstance(names, str):
+        return re.fullmatch(names, module) is not None
+    return any(module == name or module.endswith("." + name) for name in names)
 
 
 def _pattern_key(patterns: Mapping[str, object], module: str) -> Optional[str]:
@@ -119,13 +131,15 @@ def _flag(where: str, name: str, value: object) -> bool:
     return value
 
 
-def _targets(where: str, value: object) -> Optional[Union[str, Tuple[str, ...]]]:
+def _modules(
+    where: str, name: str, value: object
+) -> Optional[Union[str, Tuple[str, ...]]]:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise AdapterConfigError(
-        f"{where}: target_modules = {value!r}, expected a list of names or a pattern"
+        f"{where}: {name} = {value!r}, expected a list of names or a pattern"
     )
 
 
@@ -154,7 +168,8 @@ def from_dict(data: Mapping[str, object], where: str) -> AdapterConfig:
             where, "alpha_pattern", data.get("alpha_pattern"), False
         ),
         use_rslora=_flag(where, "use_rslora", data.get("use_rslora")),
-        target_modules=_targets(where, data.get("target_modules")),
+        target_modules=_modules(where, "target_modules", data.get("target_modules")),
+        exclude_modules=_modules(where, "exclude_modules", data.get("exclude_modules")),
         source=where,
     )
 

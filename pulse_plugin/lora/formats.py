@@ -69,6 +69,15 @@ _DIFFUSERS_RE = re.compile(
     r"|lora\.down\.weight|lora\.up\.weight"
     r"|lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$"
 )
+# Top-level CLIP module names (transformers 5's CLIPTextModel drops "text_model.");
+# no UNet module starts with these.
+CLIP_ROOTS = (
+    "text_model.",
+    "encoder.",
+    "embeddings.",
+    "final_layer_norm",
+    "text_projection",
+)
 # PEFT's save_pretrained: base_model.model.<module>.lora_A.weight
 _PEFT_RE = re.compile(
     r"^base_model\.model\.(.+?)\.(lora_A\.weight|lora_B\.weight"
@@ -244,7 +253,13 @@ def parse_key(
         prefix, name, role = m.groups()
         component = KOHYA_PREFIXES[prefix]
         if component == "unet" and is_sgm(name):
-            module = sgm_to_diffusers(name, layers_per_block)
+            try:
+                module = sgm_to_diffusers(name, layers_per_block)
+            except LoRAFormatError as exc:
+                raise LoRAFormatError(
+                    f"{exc} (SGM names read for layers_per_block={layers_per_block}; "
+                    "pass the UNet's if it has another)"
+                ) from None
             return component, module, _ROLES[role], "kohya-sgm"
         return component, kohya_to_dotted(name), _ROLES[role], "kohya"
     m = _PROCESSOR_RE.match(key)
@@ -255,9 +270,7 @@ def parse_key(
     m = _PEFT_RE.match(key)
     if m:
         name, role = m.groups()
-        component = peft_component or (
-            "te1" if name.startswith("text_model.") else "unet"
-        )
+        component = peft_component or ("te1" if name.startswith(CLIP_ROOTS) else "unet")
         return component, name, _ROLES[role], "peft"
     m = _DIFFUSERS_RE.match(key)
     if m:
