@@ -43,7 +43,7 @@ class LoRALayer:
 
     def __post_init__(self) -> None:
         label = self.source or f"{self.component}:{self.path}"
-        if self.down.ndim < 2 or self.down.shape[0] == 0:
+        if self.down.ndim == 0 or self.down.shape[0] == 0:
             raise LoRAError(
                 f"{label}: rank 0 (down is {tuple(self.down.shape)}); a LoRA layer "
                 "needs rank >= 1"
@@ -255,11 +255,6 @@ def from_tensors(
                 f"{label}: missing {' and '.join(missing)} weight (have {keys})"
             )
         down_key = slot["down"][0]
-        if slot["down"][1].ndim < 1 or slot["down"][1].shape[0] == 0:
-            raise LoRAError(
-                f"{down_key}: rank 0 (shape {tuple(slot['down'][1].shape)}); a LoRA "
-                "layer needs rank >= 1"
-            )
         down, up = _torch_to_mlx(label, slot["down"][1], slot["up"][1])
         stored = _tensor_alpha(label, slot.get("alpha", (None, None))[1])
         is_peft = group_kinds[(component, module)] == "peft"
