@@ -19,6 +19,7 @@ import pytest
 from mlx.utils import tree_flatten, tree_map
 
 from pulse_plugin import lora as L
+from pulse_plugin import tensorfile
 from pulse_plugin.toy import folder
 
 FIX = Path(__file__).parent / "fixtures" / "reference" / "lora"
@@ -202,7 +203,7 @@ def test_peft_config_that_cannot_be_honoured_is_refused(tmp_path, changes, messa
 
 def test_metadata_that_cannot_be_honoured_is_refused(tmp_path):
     src = FIX / "sd_diffusers_meta" / "pytorch_lora_weights.safetensors"
-    tensors, metadata = L.io.tensorfile.load(src)
+    tensors, metadata = tensorfile.load(src)
     meta = json.loads(metadata["lora_adapter_metadata"])
     meta["unet.use_dora"] = True
     f = tmp_path / "dora.safetensors"
