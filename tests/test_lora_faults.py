@@ -240,22 +240,26 @@ def test_non_finite_arrays_in_a_lora_object_are_refused(plain_pipe):
     assert_state_empty(plain_pipe)
 
 
-# ---- formats that are not LoRA are refused by name
+# ---- formats that are not read are refused by name
 
 
 @pytest.mark.parametrize(
-    "suffixes, name",
+    "keys, name",
     [
-        (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), "LoHa"),
-        (("lokr_w1", "lokr_w2"), "LoKr"),
+        (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1"), "Tucker"),
+        (("lokr_w1", "lokr_w2_a", "lokr_w2_b", "lokr_t2"), "Tucker"),
         (("lora_down.weight", "lora_up.weight", "dora_scale"), "DoRA"),
     ],
 )
-def test_lycoris_and_dora_are_refused_by_name(suffixes, name):
-    t = {
-        f"lora_unet_down_blocks_0_attentions_0_proj_in.{s}": mx.ones((2, 2))
-        for s in suffixes
-    }
+def test_lycoris_variants_and_dora_are_refused_by_name(keys, name):
+    base = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    t = {f"{base}.{k}": mx.ones((2, 2)) for k in keys}
     for skip in (False, True):
         with pytest.raises(L.LoRAError, match=name):
             L.from_tensors(t, skip_unknown=skip)
+
+
+def test_lycoris_outside_kohya_naming_is_refused_by_name():
+    t = {"base_model.model.proj_in.hada_w1_a": mx.ones((2, 2))}
+    with pytest.raises(L.LoRAError, match="LoHa outside kohya naming"):
+        L.from_tensors(t)

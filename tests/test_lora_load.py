@@ -82,7 +82,8 @@ def test_other_diffusers_spellings():
         "text_model.encoder.layers.0.self_attn.q_proj",
         "down",
     )
-    assert formats.parse_key("lora_unet_foo.hada_w1_a") is None
+    assert formats.parse_key("lora_unet_foo.hada_t1") is None
+    assert formats.parse_key("lora_unet_foo.hada_w1_a")[2:] == ("hada_w1_a", "kohya")
 
 
 def test_kohya_and_diffusers_give_identical_results(plain_pipe, tmp_path):

@@ -121,6 +121,8 @@ CASES = [
         {},
         "sd_peft_te_rslora",
     ),
+    ("LyCORIS LoHa", "sd", "sd_loha.safetensors", {}, "sd_loha"),
+    ("LyCORIS LoKr", "sd", "sd_lokr.safetensors", {}, "sd_lokr"),
     (
         "kohya SGM SDXL",
         "sdxl",
@@ -212,3 +214,31 @@ def test_metadata_that_cannot_be_honoured_is_refused(tmp_path):
     )
     with pytest.raises(L.LoRAError, match="use_dora"):
         L.load_lora(f)
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_lycoris_runtime_adapters_match_fused(plain_sd, algo, tmp_path):
+    """LoHa / LoKr run as runtime adapters (as exact LoRAs) give the fused model's output."""
+    lora = L.load_lora(FIX / f"sd_{algo}.safetensors")
+    pipe = base(plain_sd, "sd")
+    k1, k2 = mx.random.split(mx.random.key(3))
+    x = mx.random.normal((1, 8, 8, 4), key=k1)
+    cond = mx.random.normal((1, 5, 32), key=k2)
+
+    def out():
+        y = pipe.unet(x, mx.array([500.0]), encoder_x=cond)
+        mx.eval(y)
+        return np.array(y)
+
+    plain = out()
+    L.fuse(pipe, lora)
+    fused = out()
+    L.unfuse(pipe)
+    L.apply(pipe, lora)
+    runtime = out()
+    L.remove(pipe)
+    assert not np.allclose(fused, plain, atol=1e-3)
+    np.testing.assert_allclose(runtime, fused, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(out(), plain)
+    with pytest.raises(L.LoRAError, match="LyCORIS"):
+        L.save_lora(lora, tmp_path / "x.safetensors")

@@ -181,6 +181,16 @@ def _fit(layer: LoRALayer, module) -> LoRALayer:
                 f"{label}: LoRA is {got} (out, in) but the Linear weight is {expected}"
             )
         return replace(layer, down=down, up=up)
+    if isinstance(module, nn.Conv2d) and layer.flat and layer.down.ndim == 2:
+        out, kh, kw, cin = w.shape
+        if layer.down.shape[1] != cin * kh * kw or layer.up.shape[0] != out:
+            raise LoRAError(
+                f"{label}: LyCORIS layer is {(layer.up.shape[0], layer.down.shape[1])} "
+                f"(out, in*kh*kw) but the Conv2d weight is {tuple(w.shape)}"
+            )
+        r = layer.rank
+        down = layer.down.reshape(r, cin, kh, kw).transpose(0, 2, 3, 1)
+        return replace(layer, down=down, up=layer.up.reshape(out, 1, 1, r))
     if isinstance(module, nn.Conv2d):
         if not layer.is_conv:
             raise LoRAError(

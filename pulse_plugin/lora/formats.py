@@ -61,7 +61,8 @@ _COMPOUNDS = sorted(
 )
 
 _KOHYA_RE = re.compile(
-    r"^(lora_unet|lora_te1|lora_te2|lora_te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+    r"^(lora_unet|lora_te1|lora_te2|lora_te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha"
+    r"|hada_w[12]_[ab]|lokr_w[12]|lokr_w[12]_[ab])$"
 )
 _DIFFUSERS_RE = re.compile(
     r"^(unet|text_encoder_2|text_encoder)\.(.+?)\."
@@ -99,6 +100,13 @@ _ROLES = {
     "lora_linear_layer.down.weight": "down",
     "lora_linear_layer.up.weight": "up",
     "alpha": "alpha",
+    # LyCORIS LoHa / LoKr (kohya names): kept by their own names
+    **{
+        f"{kind}_w{i}{part}": f"{kind}_w{i}{part}"
+        for kind, parts in (("hada", ("_a", "_b")), ("lokr", ("", "_a", "_b")))
+        for i in (1, 2)
+        for part in parts
+    },
 }
 
 
@@ -107,11 +115,15 @@ class LoRAFormatError(ValueError):
 
 
 # ---------------------------------------------------------------- other formats
-# Key endings of adapter formats that are not plain LoRA: refused by name, since
-# skipping their keys would load a different adapter than the file holds.
+# Key endings of adapter formats that are not read (checked on keys that parse as
+# nothing else): refused by name, since skipping their keys would load a different
+# adapter than the file holds.
 UNSUPPORTED_FORMATS = {
-    "LyCORIS LoHa": "hada_w1_a hada_w1_b hada_w2_a hada_w2_b hada_t1 hada_t2",
-    "LyCORIS LoKr": "lokr_w1 lokr_w2 lokr_w1_a lokr_w1_b lokr_w2_a lokr_w2_b lokr_t2",
+    "LyCORIS LoHa with Tucker factors": "hada_t1 hada_t2",
+    "LyCORIS LoKr with a Tucker factor": "lokr_t2",
+    "LyCORIS LoHa outside kohya naming": "hada_w1_a hada_w1_b hada_w2_a hada_w2_b",
+    "LyCORIS LoKr outside kohya naming": "lokr_w1 lokr_w2 lokr_w1_a lokr_w1_b "
+    "lokr_w2_a lokr_w2_b",
     "LyCORIS (IA)^3": "on_input",
     "LyCORIS full weight difference": "diff diff_b",
     "LyCORIS LoCon with a Tucker mid tensor": "lora_mid.weight",

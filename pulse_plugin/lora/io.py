@@ -12,13 +12,14 @@ import mlx.core as mx
 
 from .. import tensorfile
 from . import config as lora_config
-from . import formats
+from . import formats, lycoris
 from .config import AdapterConfig, AdapterConfigError
 
 # Files a LoRA folder may hold: PEFT's save_pretrained and diffusers' save_lora_weights.
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+LYCORIS_ROLES = set(lycoris.LOHA_ROLES + lycoris.LOKR_ROLES)
 
 
 class LoRAError(ValueError):
@@ -30,7 +31,9 @@ class LoRALayer:
     """One low-rank update ``delta W = scale * up @ down`` of an MLX Linear or Conv2d.
 
     Arrays are in MLX layout: Linear ``down`` (r, in), ``up`` (out, r);
-    Conv2d ``down`` (r, kh, kw, in), ``up`` (out, 1, 1, r).
+    Conv2d ``down`` (r, kh, kw, in), ``up`` (out, 1, 1, r). A ``flat`` layer
+    (from LyCORIS) has a 2-D ``down`` whose columns are PyTorch's (in, kh, kw)
+    for a conv target, shaped when it is fitted to the module.
     """
 
     component: str
@@ -40,6 +43,7 @@ class LoRALayer:
     alpha: float
     source: str = ""
     rslora: bool = False
+    flat: bool = False  # from LyCORIS: a conv's down is (r, in*kh*kw) until fitted
 
     def __post_init__(self) -> None:
         label = self.source or f"{self.component}:{self.path}"
@@ -141,10 +145,10 @@ def _tensor_alpha(key: str, value: Optional[mx.array]) -> Optional[float]:
     return alpha
 
 
-def _refuse_other_formats(tensors: Dict[str, mx.array], name: str) -> None:
-    """LoRAError naming the format if any key is LyCORIS / DoRA rather than LoRA."""
+def _refuse_other_formats(keys: List[str], name: str) -> None:
+    """LoRAError naming the format if an unknown key belongs to a known other format."""
     found: Dict[str, List[str]] = {}
-    for key in sorted(tensors):
+    for key in keys:
         kind = formats.unsupported_format(key)
         if kind:
             found.setdefault(kind, []).append(key)
@@ -154,6 +158,26 @@ def _refuse_other_formats(tensors: Dict[str, mx.array], name: str) -> None:
             f"{name!r} is a {kind} adapter ({len(keys)} key(s) such as {keys[0]}), "
             "not a LoRA; this format is not supported"
         )
+
+
+def _lycoris_layer(
+    label: str, slot: Dict[str, Tuple[str, mx.array]], stored: Optional[float]
+) -> Tuple[str, mx.array, mx.array, float]:
+    """``(key, down, up, alpha)`` of a LoHa / LoKr layer as an exact LoRA (PyTorch layout)."""
+    roles = set(slot) - {"alpha"}
+    parts = {role: value for role, (_, value) in slot.items() if role != "alpha"}
+    try:
+        if roles <= set(lycoris.LOHA_ROLES):
+            down, up, scale = lycoris.loha(label, parts, stored)
+        elif roles <= set(lycoris.LOKR_ROLES):
+            down, up, scale = lycoris.lokr(label, parts, stored)
+        else:
+            raise lycoris.LycorisError(
+                f"{label}: mixes LoRA, LoHa and LoKr tensors ({sorted(roles)})"
+            )
+    except lycoris.LycorisError as exc:
+        raise LoRAError(str(exc)) from None
+    return slot[min(roles)][0], down, up, scale * down.shape[0]
 
 
 def _layer_alpha(
@@ -201,7 +225,6 @@ def from_tensors(
     kohya ``.alpha`` tensors, or ``alpha = rank``. ``layers_per_block`` is the
     UNet's, for kohya SGM (SDXL) names.
     """
-    _refuse_other_formats(tensors, name)
     if configs is None:
         try:
             configs = lora_config.from_metadata(metadata or {}, name)
@@ -232,6 +255,7 @@ def from_tensors(
         if not all_finite(value):
             raise LoRAError(f"{key}: contains NaN or infinite values")
         slot[role] = (key, value)
+    _refuse_other_formats(unknown, name)
     if unknown:
         if not skip_unknown:
             shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
@@ -248,18 +272,25 @@ def from_tensors(
     layers: Dict[Tuple[str, str], LoRALayer] = {}
     for (component, module), slot in groups.items():
         label = f"{component}:{module}"
-        missing = [r for r in ("down", "up") if r not in slot]
+        is_lycoris = bool(set(slot) & LYCORIS_ROLES)
+        missing = [r for r in ("down", "up") if r not in slot and not is_lycoris]
         if missing:
             keys = ", ".join(k for k, _ in slot.values())
             raise LoRAError(
                 f"{label}: missing {' and '.join(missing)} weight (have {keys})"
             )
-        down_key = slot["down"][0]
-        down, up = _torch_to_mlx(label, slot["down"][1], slot["up"][1])
         stored = _tensor_alpha(label, slot.get("alpha", (None, None))[1])
-        is_peft = group_kinds[(component, module)] == "peft"
-        cfg = peft_config if is_peft else configs.get(component)
-        alpha, rslora = _layer_alpha(down_key, module, int(down.shape[0]), stored, cfg)
+        if is_lycoris:
+            down_key, down, up, alpha = _lycoris_layer(label, slot, stored)
+            rslora = False
+        else:
+            down_key = slot["down"][0]
+            down, up = _torch_to_mlx(label, slot["down"][1], slot["up"][1])
+            is_peft = group_kinds[(component, module)] == "peft"
+            cfg = peft_config if is_peft else configs.get(component)
+            alpha, rslora = _layer_alpha(
+                down_key, module, int(down.shape[0]), stored, cfg
+            )
         for path, half in formats.targets(component, module):
             part_up = up
             if half is not None:
@@ -274,7 +305,7 @@ def from_tensors(
                     f"{label}: maps to {path!r}, which another key already targets"
                 )
             layers[(component, path)] = LoRALayer(
-                component, path, down, part_up, alpha, down_key, rslora
+                component, path, down, part_up, alpha, down_key, rslora, is_lycoris
             )
     if not layers:
         raise LoRAError(f"{name!r} contains no LoRA layers")
@@ -391,6 +422,12 @@ def to_tensors(
     """Flat kohya (``fmt='kohya'``) or diffusers/PEFT tensors in PyTorch layout."""
     if fmt not in ("kohya", "diffusers"):
         raise LoRAError(f"format must be 'kohya' or 'diffusers', got {fmt!r}")
+    flat = [layer.source or layer.path for layer in lora.layers.values() if layer.flat]
+    if flat:
+        raise LoRAError(
+            f"{lora.name}: layers read from LyCORIS (LoHa/LoKr) files are not saved "
+            f"as LoRA ({flat[0]}, ...)"
+        )
     out: Dict[str, mx.array] = {}
     for (component, module), layer in _merge_halves(lora).items():
         down, up = layer.down, layer.up
