@@ -1,8 +1,8 @@
 """Write the LoRA reference fixtures with diffusers, transformers and peft themselves.
 
 Run by ``tools/make_reference_fixtures.py`` (``make(out)`` writes ``out/lora``), or
-alone with a Python that has torch, diffusers, transformers, peft and safetensors
-(CI never runs this; the fixtures are committed):
+alone with a Python that has torch, diffusers, transformers, peft, lycoris-lora and
+safetensors (CI never runs this; the fixtures are committed):
 
     /work/refenv/bin/python tools/reference_lora.py [--out tests/fixtures/reference]
 
@@ -13,8 +13,9 @@ an SDXL-shaped UNet and text encoders, 32 groups). LoRA weights are made by PEFT
 ``save_pretrained``); kohya files carry the same weights under the key names kohya's
 scripts write (SD 1.x: diffusers module names; SDXL: the SGM UNet's names) and are
 checked by loading them with diffusers' own loader, which converts those names
-itself. Each ``*.npz`` holds what the library computes from the file: the fused
-weights (diffusers ``fuse_lora``, PEFT ``merge_and_unload``) of the changed layers.
+itself. LoHa and LoKr files are written by lycoris-lora. Each ``*.npz`` holds what
+the library computes from the file: the fused weights (diffusers ``fuse_lora``, PEFT's
+merge, LyCORIS's module update) of the changed layers.
 """
 
 from __future__ import annotations
