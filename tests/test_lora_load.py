@@ -82,7 +82,8 @@ def test_other_diffusers_spellings():
         "text_model.encoder.layers.0.self_attn.q_proj",
         "down",
     )
-    assert formats.parse_key("lora_unet_foo.hada_w1_a") is None
+    assert formats.parse_key("lora_unet_foo.hada_t1") is None
+    assert formats.parse_key("lora_unet_foo.hada_w1_a")[2:] == ("hada_w1_a", "kohya")
 
 
 def test_kohya_and_diffusers_give_identical_results(plain_pipe, tmp_path):
@@ -218,11 +219,11 @@ def _one(plain_pipe, fmt="kohya"):
 
 def test_unknown_keys_raise_or_report(plain_pipe, tmp_path):
     t = _one(plain_pipe)
-    t["lora_unet_x.hada_w1_a"] = mx.zeros((2, 2))
-    with pytest.raises(L.LoRAError, match="hada_w1_a"):
+    t["lora_unet_x.scale_weight"] = mx.zeros((2, 2))
+    with pytest.raises(L.LoRAError, match="scale_weight"):
         L.from_tensors(t)
     lo = L.from_tensors(t, skip_unknown=True)
-    assert lo.skipped == ["lora_unet_x.hada_w1_a: unknown key"]
+    assert lo.skipped == ["lora_unet_x.scale_weight: unknown key"]
     assert len(lo.layers) == 2
 
 
@@ -278,7 +279,7 @@ def test_rank_alpha_nan_missing(plain_pipe, tmp_path):
     with pytest.raises(L.LoRAError, match="pickle"):
         L.load_lora(tmp_path / "x.ckpt")
     (tmp_path / "x.safetensors").write_bytes(b"junk")
-    with pytest.raises(L.LoRAError, match="readable"):
+    with pytest.raises(L.LoRAError, match="safetensors file"):
         L.load_lora(tmp_path / "x.safetensors")
 
 
@@ -322,3 +323,60 @@ def test_separate_ff_halves_save_exactly(plain_pipe, tmp_path):
             np.array(delta_weight(layer)),
             rtol=1e-6,
         )
+
+
+# ---- kohya SGM names (SDXL), against the layout of SDXL's UNet in diffusers
+
+# SDXL: down 0 DownBlock2D, 1-2 CrossAttn; up 0-1 CrossAttn, 2 UpBlock2D; 2 ResBlocks a level
+SDXL_SGM = {
+    "input_blocks_0_0": "conv_in",
+    "input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",
+    "input_blocks_2_0_emb_layers_1": "down_blocks.0.resnets.1.time_emb_proj",
+    "input_blocks_3_0_op": "down_blocks.0.downsamplers.0.conv",
+    "input_blocks_4_0_skip_connection": "down_blocks.1.resnets.0.conv_shortcut",
+    "input_blocks_4_1_transformer_blocks_1_attn2_to_k": (
+        "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k"
+    ),
+    "input_blocks_5_1_proj_out": "down_blocks.1.attentions.1.proj_out",
+    "input_blocks_6_0_op": "down_blocks.1.downsamplers.0.conv",
+    "input_blocks_8_1_transformer_blocks_9_ff_net_0_proj": (
+        "down_blocks.2.attentions.1.transformer_blocks.9.ff.net.0.proj"
+    ),
+    "middle_block_0_out_layers_3": "mid_block.resnets.0.conv2",
+    "middle_block_1_transformer_blocks_0_attn1_to_out_0": (
+        "mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0"
+    ),
+    "middle_block_2_in_layers_2": "mid_block.resnets.1.conv1",
+    "output_blocks_0_0_skip_connection": "up_blocks.0.resnets.0.conv_shortcut",
+    "output_blocks_2_1_proj_in": "up_blocks.0.attentions.2.proj_in",
+    "output_blocks_2_2_conv": "up_blocks.0.upsamplers.0.conv",
+    "output_blocks_5_2_conv": "up_blocks.1.upsamplers.0.conv",
+    "output_blocks_8_0_emb_layers_1": "up_blocks.2.resnets.2.time_emb_proj",
+    "time_embed_0": "time_embedding.linear_1",
+    "label_emb_0_2": "add_embedding.linear_2",
+    "out_2": "conv_out",
+    # SD 1.x in SGM names: up level 0 has no attention, so its upsampler is part 1
+    "output_blocks_2_1_conv": "up_blocks.0.upsamplers.0.conv",
+}
+
+
+@pytest.mark.parametrize("name, module", sorted(SDXL_SGM.items()))
+def test_sgm_names_map_to_diffusers_modules(name, module):
+    key = f"lora_unet_{name}.lora_down.weight"
+    assert formats.parse_key(key) == ("unet", module, "down", "kohya-sgm")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "input_blocks_3_1_proj_in",  # part 1 of a downsampler layer
+        "input_blocks_1_0_proj_in",  # an attention layer in a ResBlock part
+        "input_blocks_4_1_in_layers_2",  # a ResBlock layer in an attention part
+        "middle_block_3_in_layers_2",
+        "output_blocks_1_2_conv",  # only a level's last layer has the upsampler
+        "input_blocks_0_1_proj_in",
+    ],
+)
+def test_sgm_names_that_fit_no_module_are_refused(name):
+    with pytest.raises(L.LoRAError, match=name):
+        L.from_tensors({f"lora_unet_{name}.lora_down.weight": mx.zeros((2, 4))})

@@ -5,17 +5,22 @@ module in its parent (``parent.query_proj = LoRALinear(base)``) and removal
 puts the original object back. Fusing keeps the original weight arrays and
 unfusing restores them, so weights after unfuse are the very same arrays.
 State lives on the pipeline object (``pipe._pulse_lora``), never in globals.
+
+``apply`` and ``fuse`` are all-or-nothing: everything is checked before the
+model is touched, and a failure while changing it (out of memory, Ctrl-C)
+puts every layer back as it was before the error is raised.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .io import LoRA, LoRAError, LoRALayer, load_lora
+from .io import LoRA, LoRAError, LoRALayer, all_finite, load_lora
 
 Slot = Tuple[str, str]  # (component, mlx_path)
 
@@ -157,6 +162,8 @@ def _base(module):
 def _fit(layer: LoRALayer, module) -> LoRALayer:
     """The layer reshaped to fit ``module``'s weight, or LoRAError saying what was expected."""
     label = f"{layer.source or layer.path} -> {layer.component}:{layer.path}"
+    if not (all_finite(layer.down) and all_finite(layer.up)):
+        raise LoRAError(f"{label}: contains NaN or infinite values")
     w = module.weight
     if isinstance(module, nn.Linear):
         down, up = layer.down, layer.up
@@ -173,9 +180,17 @@ def _fit(layer: LoRALayer, module) -> LoRALayer:
             raise LoRAError(
                 f"{label}: LoRA is {got} (out, in) but the Linear weight is {expected}"
             )
-        return LoRALayer(
-            layer.component, layer.path, down, up, layer.alpha, layer.source
-        )
+        return replace(layer, down=down, up=up)
+    if isinstance(module, nn.Conv2d) and layer.flat and layer.down.ndim == 2:
+        out, kh, kw, cin = w.shape
+        if layer.down.shape[1] != cin * kh * kw or layer.up.shape[0] != out:
+            raise LoRAError(
+                f"{label}: LyCORIS layer is {(layer.up.shape[0], layer.down.shape[1])} "
+                f"(out, in*kh*kw) but the Conv2d weight is {tuple(w.shape)}"
+            )
+        r = layer.rank
+        down = layer.down.reshape(r, cin, kh, kw).transpose(0, 2, 3, 1)
+        return replace(layer, down=down, up=layer.up.reshape(out, 1, 1, r))
     if isinstance(module, nn.Conv2d):
         if not layer.is_conv:
             raise LoRAError(
@@ -199,6 +214,8 @@ def match(
     """Fit every layer of ``lora`` to ``pipe``; errors (or skips, if asked) name the key."""
     fitted: List[Tuple[LoRALayer, Slot]] = []
     skipped: List[str] = []
+    if lora.layers_per_block is not None:
+        _check_layers_per_block(pipe, lora)
     for slot, layer in lora.layers.items():
         component, path = slot
         try:
@@ -222,14 +239,36 @@ def match(
     return fitted, MatchReport([s for _, s in fitted], list(lora.skipped) + skipped)
 
 
+def _check_layers_per_block(pipe, lora: LoRA) -> None:
+    """The UNet must have the ResBlocks per level that the SGM names were read with."""
+    actual = len(component_model(pipe, "unet").down_blocks[0].resnets)
+    if actual != lora.layers_per_block:
+        raise LoRAError(
+            f"{lora.name}: its kohya SGM (input_blocks/output_blocks) names were read "
+            f"for {lora.layers_per_block} ResBlocks per level, this UNet has {actual} "
+            f"(load it with layers_per_block={actual})"
+        )
+
+
 def _as_lora(item: Union[LoRA, str]) -> LoRA:
     return item if isinstance(item, LoRA) else load_lora(item)
+
+
+def _finite_weight(where: str, value: object) -> float:
+    """``value`` as a float, or LoRAError naming ``where`` if it is not a finite number."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
+        raise LoRAError(f"{where} = {value!r}, expected a finite number")
+    return float(value)
 
 
 def _weights(n: int, weights: Optional[Sequence[float]]) -> List[float]:
     if weights is None:
         return [1.0] * n
-    weights = [float(w) for w in weights]
+    weights = [_finite_weight(f"weights[{i}]", w) for i, w in enumerate(weights)]
     if len(weights) != n:
         raise LoRAError(f"got {n} LoRAs but {len(weights)} weights")
     return weights
@@ -258,42 +297,62 @@ def apply(
             raise LoRAError(
                 f"an adapter named {name!r} is already active; remove it or rename"
             )
-    plans = [
-        match(pipe, lora, skip_mismatched) for lora in loras
-    ]  # all checks before changes
+    plans = [match(pipe, lora, skip_mismatched) for lora in loras]
+    # Plan every change before making one: new wrappers and new adapter lists.
+    created: Dict[Slot, Tuple[object, str, nn.Module]] = {}
+    wrappers: Dict[Slot, nn.Module] = {}
+    lists: Dict[Slot, List[LoRAAdapter]] = {}
+    slots_of: Dict[str, List[Slot]] = {name: [] for name in names}
     for lora, w, (fitted, _) in zip(loras, weights, plans):
-        slots = []
         for layer, slot in fitted:
-            wrapper = st.wrappers.get(slot)
-            if wrapper is None:
-                parent, part, module = locate(component_model(pipe, slot[0]), slot[1])
-                cls = LoRAConv2d if isinstance(module, nn.Conv2d) else LoRALinear
-                wrapper = cls(module)
-                _set_child(parent, part, wrapper)
-                st.wrappers[slot] = wrapper
-            wrapper.adapters.append(
+            if slot not in wrappers:
+                if slot in st.wrappers:
+                    wrappers[slot] = st.wrappers[slot]
+                else:
+                    root = component_model(pipe, slot[0])
+                    parent, part, module = locate(root, slot[1])
+                    cls = LoRAConv2d if isinstance(module, nn.Conv2d) else LoRALinear
+                    wrappers[slot] = cls(module)
+                    created[slot] = (parent, part, wrappers[slot])
+                lists[slot] = list(wrappers[slot].adapters)
+            lists[slot].append(
                 LoRAAdapter(lora.name, layer.down, layer.up, layer.scale, w)
             )
-            slots.append(slot)
-        st.adapters[lora.name] = slots
-        st.weights[lora.name] = w
+            slots_of[lora.name].append(slot)
+    installed: List[Tuple[object, str, nn.Module]] = []
+    try:
+        for parent, part, wrapper in created.values():
+            _set_child(parent, part, wrapper)
+            installed.append((parent, part, wrapper.base))
+    except BaseException:
+        for parent, part, base in reversed(installed):
+            _set_child(parent, part, base)
+        raise
+    for slot, wrapper in wrappers.items():
+        wrapper.adapters = lists[slot]
+        st.wrappers[slot] = wrapper
+    for name, w in zip(names, weights):
+        st.adapters[name] = slots_of[name]
+        st.weights[name] = w
     return [report for _, report in plans]
 
 
 def set_weights(pipe, weights: Dict[str, float]) -> None:
     """Change the weights of active adapters by name (no reloading)."""
     st = state(pipe)
-    for name in weights:
+    checked = {}
+    for name, w in weights.items():
         if name not in st.adapters:
             raise LoRAError(
                 f"no active adapter named {name!r} (active: {sorted(st.adapters)})"
             )
-    for name, w in weights.items():
-        st.weights[name] = float(w)
+        checked[name] = _finite_weight(f"weights[{name!r}]", w)
+    for name, w in checked.items():
+        st.weights[name] = w
         for slot in st.adapters[name]:
             for a in st.wrappers[slot].adapters:
                 if a.name == name:
-                    a.weight = float(w)
+                    a.weight = w
 
 
 def active(pipe) -> Dict[str, float]:
@@ -353,12 +412,20 @@ def fuse(
             continue
         for layer, slot in fitted:
             per_slot.setdefault(slot, []).append((layer, w))
-    for slot, items in per_slot.items():
-        module = _base(locate(component_model(pipe, slot[0]), slot[1])[2])
-        original = module.weight
-        st.fused[slot] = original
-        module.weight = fused_weight(original, items)
-        mx.eval(module.weight)  # one layer at a time keeps the peak low
+    originals: Dict[Slot, Tuple[nn.Module, mx.array]] = {}
+    try:
+        for slot, items in per_slot.items():
+            module = _base(locate(component_model(pipe, slot[0]), slot[1])[2])
+            original = module.weight
+            new = fused_weight(original, items)
+            mx.eval(new)  # one layer at a time keeps the peak low
+            originals[slot] = (module, original)
+            module.weight = new
+    except BaseException:
+        for module, original in originals.values():
+            module.weight = original
+        raise
+    st.fused = {slot: original for slot, (_, original) in originals.items()}
     st.fused_names = [x.name for x in loras]
     return [report for _, report in plans]
 

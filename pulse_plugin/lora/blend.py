@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -163,9 +163,7 @@ def blend_loras(blend: Blend, cache: Optional[Dict[str, LoRA]] = None) -> List[L
             lora = load_lora(path)
             if cache is not None:
                 cache[key] = lora
-        out.append(
-            LoRA(name, lora.layers, lora.metadata, lora.skipped, lora.source_format)
-        )
+        out.append(replace(lora, name=name))
     return out
 
 

@@ -5,6 +5,10 @@ with component ``unet``, ``te1`` (the first / only text encoder) or ``te2``
 (SDXL's second), and role ``down`` (A), ``up`` (B) or ``alpha``. Module names
 are mapped to upstream's MLX paths with the same renames upstream's
 ``map_unet_weights`` / ``map_clip_text_encoder_weights`` apply to full weights.
+
+kohya names for SDXL follow the original (SGM / LDM) UNet: ``input_blocks``,
+``middle_block`` and ``output_blocks`` numbered layer by layer. They are turned
+into diffusers names with the tables below and the UNet's layers per block.
 """
 
 from __future__ import annotations
@@ -57,13 +61,28 @@ _COMPOUNDS = sorted(
 )
 
 _KOHYA_RE = re.compile(
-    r"^(lora_unet|lora_te1|lora_te2|lora_te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+    r"^(lora_unet|lora_te1|lora_te2|lora_te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha"
+    r"|hada_w[12]_[ab]|lokr_w[12]|lokr_w[12]_[ab])$"
 )
 _DIFFUSERS_RE = re.compile(
     r"^(unet|text_encoder_2|text_encoder)\.(.+?)\."
     r"(lora_A\.weight|lora_B\.weight|lora_A\.default\.weight|lora_B\.default\.weight"
     r"|lora\.down\.weight|lora\.up\.weight"
     r"|lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$"
+)
+# Top-level CLIP module names (transformers 5's CLIPTextModel drops "text_model.");
+# no UNet module starts with these.
+CLIP_ROOTS = (
+    "text_model.",
+    "encoder.",
+    "embeddings.",
+    "final_layer_norm",
+    "text_projection",
+)
+# PEFT's save_pretrained: base_model.model.<module>.lora_A.weight
+_PEFT_RE = re.compile(
+    r"^base_model\.model\.(.+?)\.(lora_A\.weight|lora_B\.weight"
+    r"|lora_A\.default\.weight|lora_B\.default\.weight)$"
 )
 # diffusers' older attention-processor format: ...attn1.processor.to_q_lora.down.weight
 _PROCESSOR_RE = re.compile(
@@ -81,11 +100,135 @@ _ROLES = {
     "lora_linear_layer.down.weight": "down",
     "lora_linear_layer.up.weight": "up",
     "alpha": "alpha",
+    # LyCORIS LoHa / LoKr (kohya names): kept by their own names
+    **{
+        f"{kind}_w{i}{part}": f"{kind}_w{i}{part}"
+        for kind, parts in (("hada", ("_a", "_b")), ("lokr", ("", "_a", "_b")))
+        for i in (1, 2)
+        for part in parts
+    },
 }
 
 
 class LoRAFormatError(ValueError):
     """A LoRA key or tensor does not fit any supported format."""
+
+
+# ---------------------------------------------------------------- other formats
+# Key endings of adapter formats that are not read (checked on keys that parse as
+# nothing else): refused by name, since skipping their keys would load a different
+# adapter than the file holds.
+UNSUPPORTED_FORMATS = {
+    "LyCORIS LoHa with Tucker factors": "hada_t1 hada_t2",
+    "LyCORIS LoKr with a Tucker factor": "lokr_t2",
+    "LyCORIS LoHa outside kohya naming": "hada_w1_a hada_w1_b hada_w2_a hada_w2_b",
+    "LyCORIS LoKr outside kohya naming": "lokr_w1 lokr_w2 lokr_w1_a lokr_w1_b "
+    "lokr_w2_a lokr_w2_b",
+    "LyCORIS (IA)^3": "on_input",
+    "LyCORIS full weight difference": "diff diff_b",
+    "LyCORIS LoCon with a Tucker mid tensor": "lora_mid.weight",
+    "LyCORIS OFT / BOFT": "oft_blocks oft_diag",
+    "LyCORIS GLoRA": "a1.weight a2.weight b1.weight b2.weight",
+    "DoRA (weight-decomposed LoRA)": "dora_scale lora_magnitude_vector "
+    "lora_magnitude_vector.weight lora_magnitude_vector.default.weight",
+}
+
+
+def unsupported_format(key: str) -> Optional[str]:
+    """The name of the non-LoRA adapter format ``key`` belongs to, or None."""
+    for name, endings in UNSUPPORTED_FORMATS.items():
+        if key.endswith(tuple("." + e for e in endings.split())):
+            return name
+    return None
+
+
+# ---------------------------------------------------------------- kohya SGM (SDXL)
+SGM_FIXED = {
+    "input_blocks_0_0": "conv_in",
+    "out_2": "conv_out",
+    "time_embed_0": "time_embedding.linear_1",
+    "time_embed_2": "time_embedding.linear_2",
+    "label_emb_0_0": "add_embedding.linear_1",
+    "label_emb_0_2": "add_embedding.linear_2",
+}
+# Layers inside an SGM ResBlock -> diffusers ResnetBlock2D.
+SGM_RESNET = {
+    "in_layers_2": "conv1",
+    "out_layers_3": "conv2",
+    "emb_layers_1": "time_emb_proj",
+    "skip_connection": "conv_shortcut",
+}
+# middle_block.N -> diffusers mid_block part
+SGM_MIDDLE = {
+    0: "mid_block.resnets.0",
+    1: "mid_block.attentions.0",
+    2: "mid_block.resnets.1",
+}
+_SGM_RE = re.compile(r"^(input_blocks|output_blocks)_(\d+)_(\d+)_(.+)$")
+_SGM_MID_RE = re.compile(r"^middle_block_(\d+)_(.+)$")
+SGM_LAYERS_PER_BLOCK = 2  # SD 1.x, 2.x and SDXL all have two ResBlocks per down level
+
+
+def is_sgm(name: str) -> bool:
+    """True for a kohya UNet module name in the SGM / LDM layout."""
+    return name in SGM_FIXED or name.startswith(
+        ("input_blocks_", "middle_block_", "output_blocks_")
+    )
+
+
+def _sgm_resnet(name: str, rest: str, prefix: str) -> str:
+    if rest not in SGM_RESNET:
+        raise LoRAFormatError(
+            f"lora_unet_{name}: {rest!r} is not a ResBlock layer ({sorted(SGM_RESNET)})"
+        )
+    return f"{prefix}.{SGM_RESNET[rest]}"
+
+
+def _sgm_attention(name: str, rest: str, prefix: str) -> str:
+    if not rest.startswith(("transformer_blocks_", "proj_in", "proj_out")):
+        raise LoRAFormatError(f"lora_unet_{name}: {rest!r} is not an attention layer")
+    return f"{prefix}.{kohya_to_dotted(rest)}"
+
+
+def sgm_to_diffusers(name: str, layers_per_block: int = SGM_LAYERS_PER_BLOCK) -> str:
+    """Diffusers UNet module name of a kohya SGM module name (without ``lora_unet_``)."""
+    if name in SGM_FIXED:
+        return SGM_FIXED[name]
+    per_level = layers_per_block + 1
+    m = _SGM_MID_RE.match(name)
+    if m:
+        index, rest = int(m.group(1)), m.group(2)
+        if index not in SGM_MIDDLE:
+            raise LoRAFormatError(f"lora_unet_{name}: middle_block has layers 0-2")
+        part = SGM_MIDDLE[index]
+        if index == 1:
+            return _sgm_attention(name, rest, part)
+        return _sgm_resnet(name, rest, part)
+    m = _SGM_RE.match(name)
+    if not m:
+        raise LoRAFormatError(f"lora_unet_{name}: not an SGM UNet layer name")
+    kind, index, inner, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    if kind == "input_blocks":
+        if index == 0:
+            raise LoRAFormatError(f"lora_unet_{name}: input_blocks.0 is conv_in only")
+        level, layer = divmod(index - 1, per_level)
+        block = f"down_blocks.{level}"
+        if layer == layers_per_block:  # the level's downsampler
+            if (inner, rest) != (0, "op"):
+                raise LoRAFormatError(
+                    f"lora_unet_{name}: expected the downsampler 'op'"
+                )
+            return f"{block}.downsamplers.0.conv"
+    else:
+        level, layer = divmod(index, per_level)
+        block = f"up_blocks.{level}"
+        if rest == "conv" and inner in (1, 2) and layer == layers_per_block:
+            return f"{block}.upsamplers.0.conv"
+    if inner == 0:
+        return _sgm_resnet(name, rest, f"{block}.resnets.{layer}")
+    if inner == 1:
+        return _sgm_attention(name, rest, f"{block}.attentions.{layer}")
+    raise LoRAFormatError(f"lora_unet_{name}: unexpected layer part {inner}")
 
 
 def kohya_to_dotted(name: str) -> str:
@@ -105,17 +248,42 @@ def kohya_to_dotted(name: str) -> str:
     return ".".join(out)
 
 
-def parse_key(key: str) -> Optional[Tuple[str, str, str, str]]:
-    """``(component, diffusers_module, role, format)`` for a LoRA key, or None if unknown."""
+def parse_key(
+    key: str,
+    layers_per_block: int = SGM_LAYERS_PER_BLOCK,
+    peft_component: Optional[str] = None,
+) -> Optional[Tuple[str, str, str, str]]:
+    """``(component, diffusers_module, role, format)`` for a LoRA key, or None if unknown.
+
+    ``format`` is ``kohya``, ``kohya-sgm``, ``diffusers`` or ``peft``. PEFT keys
+    (``base_model.model.*``) do not say which model they belong to: a text-model
+    name is ``te1`` unless ``peft_component`` says otherwise, anything else ``unet``.
+    Raises LoRAFormatError for an SGM name that has no diffusers counterpart.
+    """
     m = _KOHYA_RE.match(key)
     if m:
         prefix, name, role = m.groups()
-        return KOHYA_PREFIXES[prefix], kohya_to_dotted(name), _ROLES[role], "kohya"
+        component = KOHYA_PREFIXES[prefix]
+        if component == "unet" and is_sgm(name):
+            try:
+                module = sgm_to_diffusers(name, layers_per_block)
+            except LoRAFormatError as exc:
+                raise LoRAFormatError(
+                    f"{exc} (SGM names read for layers_per_block={layers_per_block}; "
+                    "pass the UNet's if it has another)"
+                ) from None
+            return component, module, _ROLES[role], "kohya-sgm"
+        return component, kohya_to_dotted(name), _ROLES[role], "kohya"
     m = _PROCESSOR_RE.match(key)
     if m:
         _, base, proj, role = m.groups()
         module = f"{base}.{proj}" + (".0" if proj == "to_out" else "")
         return "unet", module, role, "diffusers"
+    m = _PEFT_RE.match(key)
+    if m:
+        name, role = m.groups()
+        component = peft_component or ("te1" if name.startswith(CLIP_ROOTS) else "unet")
+        return component, name, _ROLES[role], "peft"
     m = _DIFFUSERS_RE.match(key)
     if m:
         prefix, name, role = m.groups()

@@ -10,7 +10,16 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 
-from . import formats
+from .. import tensorfile
+from . import config as lora_config
+from . import formats, lycoris
+from .config import AdapterConfig, AdapterConfigError
+
+# Files a LoRA folder may hold: PEFT's save_pretrained and diffusers' save_lora_weights.
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+LYCORIS_ROLES = set(lycoris.LOHA_ROLES + lycoris.LOKR_ROLES)
 
 
 class LoRAError(ValueError):
@@ -22,7 +31,9 @@ class LoRALayer:
     """One low-rank update ``delta W = scale * up @ down`` of an MLX Linear or Conv2d.
 
     Arrays are in MLX layout: Linear ``down`` (r, in), ``up`` (out, r);
-    Conv2d ``down`` (r, kh, kw, in), ``up`` (out, 1, 1, r).
+    Conv2d ``down`` (r, kh, kw, in), ``up`` (out, 1, 1, r). A ``flat`` layer
+    (from LyCORIS) has a 2-D ``down`` whose columns are PyTorch's (in, kh, kw)
+    for a conv target, shaped when it is fitted to the module.
     """
 
     component: str
@@ -31,6 +42,25 @@ class LoRALayer:
     up: mx.array
     alpha: float
     source: str = ""
+    rslora: bool = False
+    flat: bool = False  # from LyCORIS: a conv's down is (r, in*kh*kw) until fitted
+
+    def __post_init__(self) -> None:
+        label = self.source or f"{self.component}:{self.path}"
+        if self.down.ndim == 0 or self.down.shape[0] == 0:
+            raise LoRAError(
+                f"{label}: rank 0 (down is {tuple(self.down.shape)}); a LoRA layer "
+                "needs rank >= 1"
+            )
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not math.isfinite(self.alpha)
+            or self.alpha <= 0
+        ):
+            raise LoRAError(
+                f"{label}: alpha = {self.alpha!r}, expected a finite positive number"
+            )
 
     @property
     def rank(self) -> int:
@@ -39,8 +69,13 @@ class LoRALayer:
 
     @property
     def scale(self) -> float:
-        """``alpha / rank``."""
-        return self.alpha / self.rank
+        """``alpha / rank`` (``alpha / sqrt(rank)`` for rsLoRA)."""
+        return lora_config.scale(self.rank, self.alpha, self.rslora)
+
+    @property
+    def kohya_alpha(self) -> float:
+        """The alpha that gives this layer's scale as ``alpha / rank`` (kohya's rule)."""
+        return self.alpha if not self.rslora else self.scale * self.rank
 
     @property
     def is_conv(self) -> bool:
@@ -57,6 +92,7 @@ class LoRA:
     metadata: Dict[str, str] = field(default_factory=dict)
     skipped: List[str] = field(default_factory=list)
     source_format: str = ""
+    layers_per_block: Optional[int] = None  # assumed by kohya SGM names, if any
 
 
 def delta_weight(layer: LoRALayer) -> mx.array:
@@ -70,7 +106,8 @@ def delta_weight(layer: LoRALayer) -> mx.array:
     return layer.scale * (up @ down)
 
 
-def _all_finite(x: mx.array) -> bool:
+def all_finite(x: mx.array) -> bool:
+    """True if every element of ``x`` is finite."""
     return bool(mx.all(mx.isfinite(x.astype(mx.float32))).item())
 
 
@@ -94,9 +131,10 @@ def _torch_to_mlx(key: str, down: mx.array, up: mx.array) -> Tuple[mx.array, mx.
     return down, up
 
 
-def _alpha(key: str, value: Optional[mx.array], rank: int) -> float:
+def _tensor_alpha(key: str, value: Optional[mx.array]) -> Optional[float]:
+    """The alpha stored as a tensor beside a layer (kohya), or None."""
     if value is None:
-        return float(rank)
+        return None
     if value.size != 1:
         raise LoRAError(
             f"{key}.alpha: expected a scalar, got shape {tuple(value.shape)}"
@@ -107,33 +145,117 @@ def _alpha(key: str, value: Optional[mx.array], rank: int) -> float:
     return alpha
 
 
+def _refuse_other_formats(keys: List[str], name: str) -> None:
+    """LoRAError naming the format if an unknown key belongs to a known other format."""
+    found: Dict[str, List[str]] = {}
+    for key in keys:
+        kind = formats.unsupported_format(key)
+        if kind:
+            found.setdefault(kind, []).append(key)
+    if found:
+        kind, keys = next(iter(found.items()))
+        raise LoRAError(
+            f"{name!r} is a {kind} adapter ({len(keys)} key(s) such as {keys[0]}), "
+            "not a LoRA; this format is not supported"
+        )
+
+
+def _lycoris_layer(
+    label: str, slot: Dict[str, Tuple[str, mx.array]], stored: Optional[float]
+) -> Tuple[str, mx.array, mx.array, float]:
+    """``(key, down, up, alpha)`` of a LoHa / LoKr layer as an exact LoRA (PyTorch layout)."""
+    roles = set(slot) - {"alpha"}
+    parts = {role: value for role, (_, value) in slot.items() if role != "alpha"}
+    try:
+        if roles <= set(lycoris.LOHA_ROLES):
+            down, up, scale = lycoris.loha(label, parts, stored)
+        elif roles <= set(lycoris.LOKR_ROLES):
+            down, up, scale = lycoris.lokr(label, parts, stored)
+        else:
+            raise lycoris.LycorisError(
+                f"{label}: mixes LoRA, LoHa and LoKr tensors ({sorted(roles)})"
+            )
+    except lycoris.LycorisError as exc:
+        raise LoRAError(str(exc)) from None
+    return slot[min(roles)][0], down, up, scale * down.shape[0]
+
+
+def _layer_alpha(
+    label: str,
+    module: str,
+    rank: int,
+    stored: Optional[float],
+    cfg: Optional[AdapterConfig],
+) -> Tuple[float, bool]:
+    """``(alpha, rslora)`` of a layer: from its config, its alpha tensor, or rank."""
+    if cfg is None:
+        return (stored if stored is not None else float(rank)), False
+    if not cfg.targets(module):
+        raise LoRAError(
+            f"{label}: not among target_modules {cfg.target_modules!r} of {cfg.source}"
+        )
+    want_rank, alpha = cfg.rank_alpha(module)
+    if want_rank != rank:
+        raise LoRAError(
+            f"{label}: rank {rank} in the tensors but {want_rank} in {cfg.source} "
+            "(r / rank_pattern)"
+        )
+    if stored is not None and stored != alpha:
+        raise LoRAError(
+            f"{label}: alpha tensor {stored} disagrees with lora_alpha {alpha} of "
+            f"{cfg.source}"
+        )
+    return alpha, cfg.use_rslora
+
+
 def from_tensors(
     tensors: Dict[str, mx.array],
     name: str = "lora",
     metadata: Optional[Dict[str, str]] = None,
     skip_unknown: bool = False,
+    configs: Optional[Dict[str, AdapterConfig]] = None,
+    peft_config: Optional[AdapterConfig] = None,
+    layers_per_block: int = formats.SGM_LAYERS_PER_BLOCK,
+    peft_component: Optional[str] = None,
 ) -> LoRA:
-    """Build a LoRA from a flat dict of kohya / diffusers / PEFT tensors."""
+    """Build a LoRA from a flat dict of kohya / diffusers / PEFT tensors.
+
+    Scales come from ``configs`` (per component; by default parsed from the
+    metadata's ``lora_adapter_metadata``), ``peft_config`` for PEFT-named keys,
+    kohya ``.alpha`` tensors, or ``alpha = rank``. ``layers_per_block`` is the
+    UNet's, for kohya SGM (SDXL) names.
+    """
+    if configs is None:
+        try:
+            configs = lora_config.from_metadata(metadata or {}, name)
+        except AdapterConfigError as exc:
+            raise LoRAError(str(exc)) from None
     groups: Dict[Tuple[str, str], Dict[str, Tuple[str, mx.array]]] = {}
+    group_kinds: Dict[Tuple[str, str], str] = {}
     skipped: List[str] = []
     unknown: List[str] = []
     kinds = set()
     for key in sorted(tensors):
-        parsed = formats.parse_key(key)
+        try:
+            parsed = formats.parse_key(key, layers_per_block, peft_component)
+        except formats.LoRAFormatError as exc:
+            raise LoRAError(str(exc)) from None
         if parsed is None:
             unknown.append(key)
             continue
         component, module, role, kind = parsed
         kinds.add(kind)
         slot = groups.setdefault((component, module), {})
+        group_kinds[(component, module)] = kind
         if role in slot:
             raise LoRAError(
                 f"{key}: duplicate {role} for module {module!r} ({slot[role][0]})"
             )
         value = tensors[key]
-        if not _all_finite(value):
+        if not all_finite(value):
             raise LoRAError(f"{key}: contains NaN or infinite values")
         slot[role] = (key, value)
+    _refuse_other_formats(unknown, name)
     if unknown:
         if not skip_unknown:
             shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
@@ -142,17 +264,33 @@ def from_tensors(
                 f"keys: {shown} (pass skip_unknown=True to skip them)"
             )
         skipped.extend(f"{k}: unknown key" for k in unknown)
+    if "peft" in kinds and peft_config is None:
+        raise LoRAError(
+            f"{name!r} has PEFT keys (base_model.model.*) but no {PEFT_CONFIG}: its "
+            "r and lora_alpha (the scale) are unknown"
+        )
     layers: Dict[Tuple[str, str], LoRALayer] = {}
     for (component, module), slot in groups.items():
         label = f"{component}:{module}"
-        missing = [r for r in ("down", "up") if r not in slot]
+        is_lycoris = bool(set(slot) & LYCORIS_ROLES)
+        missing = [r for r in ("down", "up") if r not in slot and not is_lycoris]
         if missing:
             keys = ", ".join(k for k, _ in slot.values())
             raise LoRAError(
                 f"{label}: missing {' and '.join(missing)} weight (have {keys})"
             )
-        down, up = _torch_to_mlx(label, slot["down"][1], slot["up"][1])
-        alpha = _alpha(label, slot.get("alpha", (None, None))[1], int(down.shape[0]))
+        stored = _tensor_alpha(label, slot.get("alpha", (None, None))[1])
+        if is_lycoris:
+            down_key, down, up, alpha = _lycoris_layer(label, slot, stored)
+            rslora = False
+        else:
+            down_key = slot["down"][0]
+            down, up = _torch_to_mlx(label, slot["down"][1], slot["up"][1])
+            is_peft = group_kinds[(component, module)] == "peft"
+            cfg = peft_config if is_peft else configs.get(component)
+            alpha, rslora = _layer_alpha(
+                down_key, module, int(down.shape[0]), stored, cfg
+            )
         for path, half in formats.targets(component, module):
             part_up = up
             if half is not None:
@@ -167,35 +305,77 @@ def from_tensors(
                     f"{label}: maps to {path!r}, which another key already targets"
                 )
             layers[(component, path)] = LoRALayer(
-                component, path, down, part_up, alpha, source=slot["down"][0]
+                component, path, down, part_up, alpha, down_key, rslora, is_lycoris
             )
     if not layers:
         raise LoRAError(f"{name!r} contains no LoRA layers")
     fmt = "+".join(sorted(kinds))
-    return LoRA(name, layers, dict(metadata or {}), skipped, fmt)
+    lpb = layers_per_block if "kohya-sgm" in kinds else None
+    return LoRA(name, layers, dict(metadata or {}), skipped, fmt, lpb)
 
 
-def load_lora(
-    path: Union[str, Path], name: Optional[str] = None, skip_unknown: bool = False
-) -> LoRA:
-    """Load a kohya / diffusers / PEFT LoRA from a ``.safetensors`` file."""
-    path = Path(path)
+def _weights_file(path: Path) -> Path:
+    """The ``.safetensors`` of a LoRA path: the file itself or the one in a folder."""
+    if path.is_dir():
+        found = [path / n for n in (PEFT_WEIGHTS, DIFFUSERS_WEIGHTS)]
+        found = [f for f in found if f.is_file()]
+        if len(found) != 1:
+            raise LoRAError(
+                f"{path}: a LoRA folder holds exactly one of {PEFT_WEIGHTS} "
+                f"(PEFT) or {DIFFUSERS_WEIGHTS} (diffusers); found "
+                f"{[f.name for f in found] or 'neither'}"
+            )
+        return found[0]
     if path.suffix != ".safetensors":
         raise LoRAError(
             f"{path}: only .safetensors LoRA files are read (pickle formats are refused)"
         )
     if not path.is_file():
         raise LoRAError(f"{path}: no such file")
+    return path
+
+
+def load_lora(
+    path: Union[str, Path],
+    name: Optional[str] = None,
+    skip_unknown: bool = False,
+    layers_per_block: int = formats.SGM_LAYERS_PER_BLOCK,
+    peft_component: Optional[str] = None,
+) -> LoRA:
+    """Load a kohya / diffusers / PEFT LoRA: a ``.safetensors`` file or a PEFT / diffusers folder.
+
+    PEFT weights take ``r`` / ``lora_alpha`` from the adapter_config.json beside them.
+    """
+    path = Path(path)
+    weights = _weights_file(path)
     try:
-        tensors, metadata = mx.load(
-            str(path), format="safetensors", return_metadata=True
+        tensors, metadata = tensorfile.load(weights)
+    except tensorfile.TensorFileError as exc:
+        raise LoRAError(str(exc)) from None
+    config_path = weights.parent / PEFT_CONFIG
+    peft_config = None
+    if config_path.is_file() and any(
+        k.startswith("base_model.model.") for k in tensors
+    ):
+        try:
+            peft_config = lora_config.from_dict(
+                lora_config.read_json(config_path), str(config_path)
+            )
+        except AdapterConfigError as exc:
+            raise LoRAError(str(exc)) from None
+    stem = path.name if path.is_dir() else path.stem
+    try:
+        return from_tensors(
+            tensors,
+            name or stem,
+            metadata,
+            skip_unknown,
+            peft_config=peft_config,
+            layers_per_block=layers_per_block,
+            peft_component=peft_component,
         )
-    except Exception as exc:  # mlx raises RuntimeError / ValueError for corrupt files
-        raise LoRAError(f"{path}: not a readable safetensors file ({exc})") from exc
-    try:
-        return from_tensors(tensors, name or path.stem, metadata, skip_unknown)
     except LoRAError as exc:
-        raise LoRAError(f"{path}: {exc}") from None
+        raise LoRAError(f"{weights}: {exc}") from None
 
 
 def _merge_halves(lora: LoRA) -> Dict[Tuple[str, str], LoRALayer]:
@@ -223,7 +403,7 @@ def _merge_halves(lora: LoRA) -> Dict[Tuple[str, str], LoRALayer]:
         ):
             down = a.down
             up = mx.concatenate([a.up, b.up], axis=0)
-            alpha = a.alpha
+            alpha = a.kohya_alpha
         else:  # separate A matrices: exact block-diagonal rank 2r form
             down = mx.concatenate([a.down, b.down], axis=0)
             za = mx.zeros((a.up.shape[0], b.rank), dtype=a.up.dtype)
@@ -242,6 +422,12 @@ def to_tensors(
     """Flat kohya (``fmt='kohya'``) or diffusers/PEFT tensors in PyTorch layout."""
     if fmt not in ("kohya", "diffusers"):
         raise LoRAError(f"format must be 'kohya' or 'diffusers', got {fmt!r}")
+    flat = [layer.source or layer.path for layer in lora.layers.values() if layer.flat]
+    if flat:
+        raise LoRAError(
+            f"{lora.name}: layers read from LyCORIS (LoHa/LoKr) files are not saved "
+            f"as LoRA ({flat[0]}, ...)"
+        )
     out: Dict[str, mx.array] = {}
     for (component, module), layer in _merge_halves(lora).items():
         down, up = layer.down, layer.up
@@ -251,7 +437,7 @@ def to_tensors(
         for role, value in (
             ("down", down),
             ("up", up),
-            ("alpha", mx.array(layer.alpha, dtype=mx.float32)),
+            ("alpha", mx.array(layer.kohya_alpha, dtype=mx.float32)),
         ):
             if fmt == "kohya":
                 key = formats.kohya_key(component, module, role, sdxl)
