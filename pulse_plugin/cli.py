@@ -21,8 +21,9 @@ CorePulse-style control for MLX Stable Diffusion.
   pulse generate PROMPT --recipe recipe.toml --capture gallery/
   pulse blocks                       the model's attention sites and their selector names
 
-Models: the bundled toy model (default), any local diffusers-layout folder
-(--model PATH), or an upstream model name where its weights can be had.
+Models: the bundled toy model (default), any local diffusers-layout folder or
+single-file checkpoint (--model PATH), or an upstream model name where its
+weights can be had.
 On Linux the command re-runs itself with Debian's OpenBLAS preloaded when it is
 installed (set PULSE_NO_OPENBLAS=1 to opt out).
 """
@@ -33,24 +34,34 @@ class CliError(Exception):
 
 
 # ------------------------------------------------------------------ models
-def load_model(name: Optional[str]):
-    """The pipeline for --model: 'toy' (default), a local folder, or an upstream model name."""
-    from . import upstream
-    from .toy import default_model_path, folder
+def load_model(
+    name: Optional[str], config: Optional[str] = None, tokenizer: Optional[str] = None
+):
+    """The pipeline for --model: 'toy' (default), a local folder or single file, or an upstream name.
+
+    Returns (pipe, folder): the folder whose vae config gives the default size, if any.
+    """
+    from . import models, upstream
+    from .toy import default_model_path
 
     sd = upstream.load(patched=True)
     if name in (None, "toy"):
         path = default_model_path()
-        if not folder.is_model_folder(path):
+        if not models.is_model_folder(path):
             raise CliError(f"the bundled toy model is missing from {path}")
-        return folder.load_pipeline(path, sd), path
+        name = str(path)
     path = Path(name).expanduser()
     if path.exists():
-        if not folder.is_model_folder(path):
+        if not models.is_model_path(path):
             raise CliError(
-                f"--model {name}: not a diffusers-layout folder (expected unet/, text_encoder/, vae/)"
+                f"--model {name}: expected a diffusers-layout folder (unet/, text_encoder/, "
+                "vae/) or a single-file .safetensors checkpoint"
             )
-        return folder.load_pipeline(path, sd), path
+        try:
+            pipe = models.load_pipeline(path, sd, config=config, tokenizer=tokenizer)
+        except models.LOAD_ERRORS as err:
+            raise CliError(f"--model {name}: {err}") from err
+        return pipe, (path if path.is_dir() else config and Path(config))
     try:
         cls = sd.StableDiffusionXL if "xl" in name.lower() else sd.StableDiffusion
         return cls(name), None
@@ -71,7 +82,7 @@ def default_size(pipe, path: Optional[Path]) -> int:
 
 
 def latent_for(pipe, size: int) -> Tuple[int, int]:
-    from .toy.folder import downsampling
+    from .models import downsampling
 
     down = downsampling(pipe)
     if size % down:
@@ -297,7 +308,7 @@ def build_recipe(args) -> Recipe:
 
 
 def cmd_generate(args) -> int:
-    pipe, path = load_model(args.model)
+    pipe, path = load_model(args.model, args.model_config, args.tokenizer)
     rec = build_recipe(args)
     gen = rec.generate
 
@@ -377,8 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="the text prompt")
     g.add_argument(
         "--model",
-        help="'toy' (default), a diffusers-layout folder, or an upstream model name",
+        help="'toy' (default), a diffusers-layout folder, a single-file .safetensors "
+        "checkpoint (A1111/ComfyUI), or an upstream model name",
     )
+    g.add_argument(
+        "--model-config",
+        help="for a single file: a diffusers folder of its configs and tokenizers (no weights needed)",
+    )
+    g.add_argument("--tokenizer", help="for a single file: a CLIP tokenizer folder")
     g.add_argument("--negative", help="negative prompt (default: empty)")
     g.add_argument("--steps", type=int, help="denoising steps (default 20)")
     g.add_argument(

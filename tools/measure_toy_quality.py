@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pulse_plugin.toy import default_model_path, folder, quality, shapes  # noqa: E402
+from pulse_plugin.models import latent_size, load_pipeline  # noqa: E402
+from pulse_plugin.toy import default_model_path, quality, shapes  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,8 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
 
-    pipe = folder.load_pipeline(args.model)
-    size = folder.latent_size(pipe, folder=args.model)
+    pipe = load_pipeline(args.model)
+    size = latent_size(pipe, folder=args.model)
     kw = dict(num_steps=args.steps, cfg_weight=args.cfg, latent_size=size)
     result = quality.measure(pipe, per_caption=args.per_caption, seed=args.seed, **kw)
     out = dict(
