@@ -89,19 +89,19 @@ SDXL = Family(
 )
 
 
-def recognise(keys) -> Family:
+def recognise(keys, path: str = "checkpoint") -> Family:
     """The model family a checkpoint's tensor names belong to."""
     keys = set(keys)
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if not has(names.UNET_PREFIX) or not has(names.VAE_PREFIX):
         tops = sorted({k.split(".")[0] for k in keys})[:8]
         raise ModelError(
-            "not a Stable Diffusion single-file checkpoint: expected model.diffusion_model.* "
+            f"{path}: not a Stable Diffusion single-file checkpoint: expected model.diffusion_model.* "
             f"and first_stage_model.* tensors, found top-level names {tops}"
         )
     if has("conditioner.embedders.0.model."):
         raise ModelError(
-            "an SDXL refiner checkpoint (OpenCLIP-only conditioner): not supported"
+            f"{path}: an SDXL refiner checkpoint (OpenCLIP-only conditioner): not supported"
         )
     if has(names.SDXL_TEXT_PREFIXES[0]) and has(names.SDXL_TEXT_PREFIXES[1]):
         return SDXL
@@ -110,7 +110,7 @@ def recognise(keys) -> Family:
     if has(names.SD1_TEXT_PREFIX):
         return SD1
     raise ModelError(
-        "a UNet and VAE but no text encoder of a known layout "
+        f"{path}: a UNet and VAE but no text encoder of a known layout "
         "(cond_stage_model.transformer.*, cond_stage_model.model.*, conditioner.embedders.0/1.*)"
     )
 
@@ -118,10 +118,15 @@ def recognise(keys) -> Family:
 # ------------------------------------------------------------------ built-in configs
 def _clip_l() -> dict:
     return dict(
-        architectures=["CLIPTextModel"], hidden_size=768, intermediate_size=3072,
-        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-        vocab_size=49408, hidden_act="quick_gelu",
-    )  # fmt: skip
+        architectures=["CLIPTextModel"],
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        vocab_size=49408,
+        hidden_act="quick_gelu",
+    )
 
 
 _SCHEDULER = dict(
@@ -131,16 +136,25 @@ _SCHEDULER = dict(
     num_train_timesteps=1000,
 )
 _VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2, norm_num_groups=32,
-)  # fmt: skip
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    norm_num_groups=32,
+)
 BUILT_IN = {
     "SD 1.x": dict(
         unet=dict(
-            in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280, 1280],
-            layers_per_block=2, attention_head_dim=8, cross_attention_dim=768,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=[320, 640, 1280, 1280],
+            layers_per_block=2,
+            attention_head_dim=8,
+            cross_attention_dim=768,
             down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, sample_size=64,
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+            sample_size=64,
         ),
         text_encoders=[_clip_l()],
         vae=dict(_VAE, scaling_factor=0.18215, sample_size=512),
@@ -148,27 +162,42 @@ BUILT_IN = {
     ),
     "SDXL": dict(
         unet=dict(
-            in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280],
-            layers_per_block=2, attention_head_dim=[5, 10, 20],
-            transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048,
-            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=[320, 640, 1280],
+            layers_per_block=2,
+            attention_head_dim=[5, 10, 20],
+            transformer_layers_per_block=[1, 2, 10],
+            cross_attention_dim=2048,
+            down_block_types=[
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+            ],
             up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-            addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816, sample_size=128,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            sample_size=128,
         ),
         text_encoders=[
             _clip_l(),
             dict(
-                architectures=["CLIPTextModelWithProjection"], hidden_size=1280,
-                intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                max_position_embeddings=77, vocab_size=49408, hidden_act="gelu",
+                architectures=["CLIPTextModelWithProjection"],
+                hidden_size=1280,
+                intermediate_size=5120,
+                num_hidden_layers=32,
+                num_attention_heads=20,
+                max_position_embeddings=77,
+                vocab_size=49408,
+                hidden_act="gelu",
                 projection_dim=1280,
             ),
         ],
         vae=dict(_VAE, scaling_factor=0.13025, sample_size=1024),
         scheduler=_SCHEDULER,
     ),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -227,16 +256,11 @@ def tokenizer_folders(
     family: Family, path: Path, tokenizer: Optional[Path], config: Optional[Path]
 ) -> List[Path]:
     subs = ["tokenizer", "tokenizer_2"][: len(family.text_prefixes)]
+    if tokenizer is not None and not all((tokenizer / s).is_dir() for s in subs):
+        return [tokenizer] * len(subs)  # one CLIP vocabulary serves both SDXL encoders
     for base in (tokenizer, config, _cached_repo(family.default_repo)):
-        if base is None:
-            continue
-        base = Path(base)
-        if all((base / s).is_dir() for s in subs):
+        if base is not None and all((base / s).is_dir() for s in subs):
             return [base / s for s in subs]
-        if (
-            base is tokenizer
-        ):  # one tokenizer folder serves both encoders (same CLIP vocabulary)
-            return [base] * len(subs)
     raise ModelNotFoundError(
         f"{path}: a single-file checkpoint carries no tokenizer, and none was found offline. "
         "Pass tokenizer=FOLDER (--tokenizer: a CLIP tokenizer folder with tokenizer.json, or "
@@ -246,7 +270,7 @@ def tokenizer_folders(
 
 
 # ------------------------------------------------------------------ conversion
-def _layout(spec: UNetSpec, path: Path) -> names.UNetLayout:
+def _layout(spec: UNetSpec, path: str) -> names.UNetLayout:
     if len(set(spec.layers_per_block)) != 1:
         raise ModelError(
             f"{path}: the original layout needs one layers_per_block for every block"
@@ -319,7 +343,7 @@ def _openclip(
     return out
 
 
-def _split(tensors: Dict[str, mx.array], family: Family, path: Path):
+def _split(tensors: Dict[str, mx.array], family: Family, path: str):
     parts: Dict[str, Dict[str, mx.array]] = {
         p: {} for p in (names.UNET_PREFIX, names.VAE_PREFIX) + family.text_prefixes
     }
@@ -338,6 +362,42 @@ def _split(tensors: Dict[str, mx.array], family: Family, path: Path):
     return parts
 
 
+def build_models(
+    sd: ModuleType,
+    tensors: Dict[str, mx.array],
+    family: Family,
+    specs: Specs,
+    source: str,
+    float16: bool = False,
+):
+    """(unet, autoencoder, text encoders) of upstream's classes from a checkpoint's tensors."""
+    parts = _split(tensors, family, source)
+    unet_modules = names.unet_modules(_layout(specs.unet, source))
+    unet_t = _convert(parts[names.UNET_PREFIX], names.UNET_PREFIX, unet_modules, source)
+    vae = specs.vae
+    vae_modules = names.vae_modules(len(vae.block_out_channels), vae.layers_per_block)
+    vae_t = _convert(
+        parts[names.VAE_PREFIX], names.VAE_PREFIX, vae_modules, source, ".mid.attn_1."
+    )
+    encoders = []
+    for prefix, openclip, spec in zip(
+        family.text_prefixes, family.openclip, specs.text
+    ):
+        part = parts[prefix]
+        text_t = (
+            _openclip(part, prefix, spec, source)
+            if openclip
+            else {k[len(prefix) :]: v for k, v in part.items()}
+        )
+        where = f"{source} [{prefix}*]"
+        encoders.append(build_text_encoder(sd, spec, text_t, where, float16))
+    unet = build_unet(
+        sd, specs.unet, unet_t, f"{source} [{names.UNET_PREFIX}*]", float16
+    )
+    autoencoder = build_autoencoder(sd, vae, vae_t, f"{source} [{names.VAE_PREFIX}*]")
+    return unet, autoencoder, tuple(encoders)
+
+
 def load_single_file(
     path,
     sd_module: Optional[ModuleType] = None,
@@ -352,48 +412,24 @@ def load_single_file(
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: file not found")
     entries, _ = tensorfile.read_header(path)
-    family = recognise(e.name for e in entries)
+    family = recognise((e.name for e in entries), str(path))
     config = Path(config) if config is not None else None
-    specs = (
-        _specs_from_folder(config, family)
-        if config is not None
-        else _specs_built_in(family, path)
-    )
+    if config is not None:
+        specs, source = _specs_from_folder(config, family), str(path)
+    else:
+        specs = _specs_built_in(family, path)
+        source = (
+            f"{path} (read with the built-in {family.name} config; for another "
+            "architecture pass config=FOLDER)"
+        )
     folders = tokenizer_folders(
         family, path, Path(tokenizer) if tokenizer else None, config
     )
     sd = upstream_module(sd_module)
     tensors, _ = tensorfile.load(path)
-    parts = _split(tensors, family, path)
-    hint = (
-        "" if config is not None else
-        f" (the built-in {family.name} config; for another architecture pass config=FOLDER)"
-    )  # fmt: skip
-    source = f"{path}{hint}"
-    unet_t = _convert(
-        parts[names.UNET_PREFIX],
-        names.UNET_PREFIX,
-        names.unet_modules(_layout(specs.unet, path)),
-        path,
+    unet, autoencoder, encoders = build_models(
+        sd, tensors, family, specs, source, float16
     )
-    vae_cfg = specs.vae
-    vae_t = _convert(
-        parts[names.VAE_PREFIX], names.VAE_PREFIX,
-        names.vae_modules(len(vae_cfg.block_out_channels), vae_cfg.layers_per_block), path, to_2d=".mid.attn_1.",
-    )  # fmt: skip
-    encoders = []
-    for prefix, openclip, spec in zip(
-        family.text_prefixes, family.openclip, specs.text
-    ):
-        part = parts[prefix]
-        text_t = (
-            _openclip(part, prefix, spec, path)
-            if openclip
-            else {k[len(prefix) :]: v for k, v in part.items()}
-        )
-        encoders.append(
-            build_text_encoder(sd, spec, text_t, f"{source} [{prefix}*]", float16)
-        )
     tokenizers = tuple(load_tokenizer(sd, f) for f in folders)
     if family.sdxl:
         check_pooled_token(tokenizers[1], str(folders[1]))
@@ -402,8 +438,8 @@ def load_single_file(
         family.sdxl,
         float16,
         specs.scheduler.upstream(sd),
-        build_unet(sd, specs.unet, unet_t, f"{source} [{names.UNET_PREFIX}*]", float16),
-        build_autoencoder(sd, specs.vae, vae_t, f"{source} [{names.VAE_PREFIX}*]"),
-        tuple(encoders),
+        unet,
+        autoencoder,
+        encoders,
         tokenizers,
     )
