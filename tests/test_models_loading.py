@@ -266,3 +266,33 @@ def test_cli_refuses_an_unloadable_model_with_one_message(sd21, capsys):
     code = cli.main(["generate", PROMPT, "--model", str(sd21), "--steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "norm_num_groups = 16" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "model, part, changes, message",
+    [
+        ("sd21", "unet", {"cross_attention_dim": 24}, "text encoder.* give 16-wide"),
+        (
+            "sd21",
+            "unet",
+            {
+                "addition_embed_type": "text_time",
+                "addition_time_embed_dim": 8,
+                "projection_class_embeddings_input_dim": 80,
+            },
+            "two text encoders",
+        ),
+        ("sdxl", "text_encoder_2", {"projection_dim": 24}, "needs a 32-wide pooled"),
+        (
+            "sd21",
+            "vae",
+            {"latent_channels": 8},
+            "in_channels = 4, vae latent_channels = 8",
+        ),
+    ],
+)
+def test_parts_that_do_not_fit_together(sd, tmp_path, model, part, changes, message):
+    path = Path(shutil.copytree(REF / model, tmp_path / model))
+    edit_json(path / part / "config.json", **changes)
+    with pytest.raises(models.ModelError, match=message):
+        models.load_pipeline(path, sd)

@@ -291,7 +291,6 @@ class TextEncoderSpec:
     vocab_size: int
     projection_dim: Optional[int]
     hidden_act: str
-    eos_token_id: Optional[int] = None
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], path: PathLike) -> "TextEncoderSpec":
@@ -322,7 +321,6 @@ class TextEncoderSpec:
             vocab_size=f.get("vocab_size", int),
             projection_dim=f.get("projection_dim", int) if projection else None,
             hidden_act=act,
-            eos_token_id=f.get("eos_token_id", object, None),
         )
 
     @classmethod
@@ -462,3 +460,56 @@ class SchedulerSpec:
             beta_end=self.beta_end,
             num_train_steps=self.num_train_timesteps,
         )
+
+
+# ------------------------------------------------------------------ a whole model
+@dataclass(frozen=True)
+class Specs:
+    """The parts' specs of one model (one text encoder, or two for SDXL)."""
+
+    unet: UNetSpec
+    text: Tuple[TextEncoderSpec, ...]
+    vae: AutoencoderSpec
+    scheduler: SchedulerSpec
+
+    @property
+    def sdxl(self) -> bool:
+        return len(self.text) == 2
+
+    def check(self, where: PathLike) -> "Specs":
+        """Refuse parts that do not fit together (upstream would fail or ignore an input)."""
+        unet = self.unet
+        if self.sdxl != (unet.addition_embed_type == "text_time"):
+            raise ModelError(
+                f"{where}: unet addition_embed_type = {json.dumps(unet.addition_embed_type)} "
+                f"with {len(self.text)} text encoder(s); upstream's SDXL pipeline needs "
+                '"text_time" and two text encoders, SD 1.x/2.x neither'
+            )
+        context = (
+            sum(t.model_dims for t in self.text)
+            if self.sdxl
+            else self.text[0].model_dims
+        )
+        if any(c != context for c in unet.cross_attention_dim):
+            raise ModelError(
+                f"{where}: unet cross_attention_dim = {list(unet.cross_attention_dim)}, but the "
+                f"text encoder(s) give {context}-wide states"
+            )
+        if self.sdxl:
+            pooled = self.text[1].projection_dim
+            needed = (
+                unet.projection_class_embeddings_input_dim
+                - 6 * unet.addition_time_embed_dim
+            )
+            if pooled != needed:
+                raise ModelError(
+                    f"{where}: unet projection_class_embeddings_input_dim = "
+                    f"{unet.projection_class_embeddings_input_dim} needs a {needed}-wide pooled "
+                    f"text embedding, text_encoder_2 gives {pooled}"
+                )
+        if unet.in_channels != self.vae.latent_channels:
+            raise ModelError(
+                f"{where}: unet in_channels = {unet.in_channels}, vae latent_channels = "
+                f"{self.vae.latent_channels}: they must be equal"
+            )
+        return self

@@ -20,6 +20,7 @@ from .config import (
     ModelError,
     ModelNotFoundError,
     SchedulerSpec,
+    Specs,
     TextEncoderSpec,
     UNetSpec,
 )
@@ -72,29 +73,45 @@ def build_autoencoder(sd: ModuleType, spec: AutoencoderSpec, tensors, source: st
     return model
 
 
-def load_unet(sd: ModuleType, part: Path, float16: bool = False):
+def load_unet(sd: ModuleType, part: Path, float16: bool = False, spec=None):
     """The UNet of a folder's ``unet/`` part."""
-    spec = UNetSpec.from_file(Path(part) / "config.json")
+    spec = spec or UNetSpec.from_file(Path(part) / "config.json")
     tensors, source = read_part(Path(part), UNET_WEIGHTS)
     return build_unet(sd, spec, tensors, source, float16)
 
 
-def load_text_encoder(sd: ModuleType, part: Path, float16: bool = False):
+def load_text_encoder(sd: ModuleType, part: Path, float16: bool = False, spec=None):
     """The text encoder of a folder's ``text_encoder/`` (or ``text_encoder_2/``) part."""
-    spec = TextEncoderSpec.from_file(Path(part) / "config.json")
+    spec = spec or TextEncoderSpec.from_file(Path(part) / "config.json")
     tensors, source = read_part(Path(part), TEXT_WEIGHTS)
     return build_text_encoder(sd, spec, tensors, source, float16)
 
 
-def load_autoencoder(sd: ModuleType, part: Path, float16: bool = False):
+def load_autoencoder(sd: ModuleType, part: Path, float16: bool = False, spec=None):
     """The autoencoder of a folder's ``vae/`` part (always float32, as upstream keeps it)."""
-    spec = AutoencoderSpec.from_file(Path(part) / "config.json")
+    spec = spec or AutoencoderSpec.from_file(Path(part) / "config.json")
     tensors, source = read_part(Path(part), UNET_WEIGHTS)
     return build_autoencoder(sd, spec, tensors, source)
 
 
 def load_diffusion_config(sd: ModuleType, part: Path):
     return SchedulerSpec.from_file(Path(part) / "scheduler_config.json").upstream(sd)
+
+
+def folder_specs(folder: PathLike) -> Specs:
+    """Every config of a model folder, parsed, validated and checked to fit together."""
+    folder = Path(folder)
+    texts = (
+        ("text_encoder", "text_encoder_2")
+        if is_sdxl_folder(folder)
+        else ("text_encoder",)
+    )
+    return Specs(
+        UNetSpec.from_file(folder / "unet" / "config.json"),
+        tuple(TextEncoderSpec.from_file(folder / t / "config.json") for t in texts),
+        AutoencoderSpec.from_file(folder / "vae" / "config.json"),
+        SchedulerSpec.from_file(folder / "scheduler" / "scheduler_config.json"),
+    ).check(folder)
 
 
 def is_model_folder(folder: PathLike) -> bool:
@@ -159,22 +176,23 @@ def load_folder(
         raise ModelNotFoundError(
             f"{folder}: not a diffusers-layout model folder (expected unet/, text_encoder/, vae/)"
         )
+    specs = folder_specs(folder)  # all configs checked before any weights are read
     sd = upstream_module(sd_module)
-    sdxl = is_sdxl_folder(folder)
-    names = ("", "_2") if sdxl else ("",)
-    encoders = tuple(
-        load_text_encoder(sd, folder / f"text_encoder{n}", float16) for n in names
-    )
+    names = ("", "_2") if specs.sdxl else ("",)
     tokenizers = tuple(load_tokenizer(sd, folder / f"tokenizer{n}") for n in names)
-    if sdxl:
+    if specs.sdxl:
         check_pooled_token(tokenizers[1], str(folder / "tokenizer_2"))
+    encoders = tuple(
+        load_text_encoder(sd, folder / f"text_encoder{n}", float16, spec)
+        for n, spec in zip(names, specs.text)
+    )
     return assemble(
         sd,
-        sdxl,
+        specs.sdxl,
         float16,
-        load_diffusion_config(sd, folder / "scheduler"),
-        load_unet(sd, folder / "unet", float16),
-        load_autoencoder(sd, folder / "vae"),
+        specs.scheduler.upstream(sd),
+        load_unet(sd, folder / "unet", float16, specs.unet),
+        load_autoencoder(sd, folder / "vae", spec=specs.vae),
         encoders,
         tokenizers,
     )

@@ -25,6 +25,7 @@ from .config import (
     ModelError,
     ModelNotFoundError,
     SchedulerSpec,
+    Specs,
     TextEncoderSpec,
     UNetSpec,
 )
@@ -34,6 +35,7 @@ from .folder import (
     build_text_encoder,
     build_unet,
     check_pooled_token,
+    folder_specs,
 )
 from .tokenizer import load_tokenizer
 
@@ -200,22 +202,14 @@ BUILT_IN = {
 }
 
 
-@dataclass(frozen=True)
-class Specs:
-    unet: UNetSpec
-    text: Tuple[TextEncoderSpec, ...]
-    vae: AutoencoderSpec
-    scheduler: SchedulerSpec
-
-
 def _specs_from_folder(folder: Path, family: Family) -> Specs:
-    parts = ["text_encoder", "text_encoder_2"][: len(family.text_prefixes)]
-    return Specs(
-        UNetSpec.from_file(folder / "unet" / "config.json"),
-        tuple(TextEncoderSpec.from_file(folder / p / "config.json") for p in parts),
-        AutoencoderSpec.from_file(folder / "vae" / "config.json"),
-        SchedulerSpec.from_file(folder / "scheduler" / "scheduler_config.json"),
-    )
+    specs = folder_specs(folder)
+    if specs.sdxl != family.sdxl:
+        raise ModelError(
+            f"{folder}: the configs are for {'an SDXL' if specs.sdxl else 'an SD 1.x/2.x'} "
+            f"model, the checkpoint is {family.name}"
+        )
+    return specs
 
 
 def _specs_built_in(family: Family, path: Path) -> Specs:
@@ -228,7 +222,7 @@ def _specs_built_in(family: Family, path: Path) -> Specs:
         )
     table = BUILT_IN[family.name]
     where = f"built-in {family.name} config"
-    return Specs(
+    specs = Specs(
         UNetSpec.from_dict(table["unet"], where + " (unet)"),
         tuple(
             TextEncoderSpec.from_dict(t, where + " (text encoder)")
@@ -237,6 +231,7 @@ def _specs_built_in(family: Family, path: Path) -> Specs:
         AutoencoderSpec.from_dict(table["vae"], where + " (vae)"),
         SchedulerSpec.from_dict(table["scheduler"], where + " (scheduler)"),
     )
+    return specs.check(where)
 
 
 # ------------------------------------------------------------------ tokenizers

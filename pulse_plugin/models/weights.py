@@ -8,9 +8,8 @@ unexpected or misshaped, and the model is not touched.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
@@ -61,7 +60,9 @@ def weight_files(part: Path, stem: str) -> List[Path]:
     )
 
 
-def read_shards(files: Sequence[Path], index: Path = None) -> Dict[str, mx.array]:
+def read_shards(
+    files: Sequence[Path], index: Optional[Path] = None
+) -> Dict[str, mx.array]:
     """Every tensor of the files; a name in two files, or not where the index says, is refused."""
     tensors: Dict[str, mx.array] = {}
     where: Dict[str, Path] = {}
@@ -72,7 +73,7 @@ def read_shards(files: Sequence[Path], index: Path = None) -> Dict[str, mx.array
                 raise ModelError(f"{path}: tensor {name!r} is also in {where[name]}")
             tensors[name], where[name] = value, path
     if index is not None:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = read_json(index)["weight_map"]
         wrong = [n for n, f in weight_map.items() if where.get(n, Path()).name != f]
         if wrong:
             raise ModelError(
