@@ -54,8 +54,8 @@ def load_model(
     if path.exists():
         if not models.is_model_path(path):
             raise CliError(
-                f"--model {name}: expected a diffusers-layout folder (unet/, text_encoder/, "
-                "vae/) or a single-file .safetensors checkpoint"
+                f"--model {name}: not a diffusers-layout folder (unet/, text_encoder/, "
+                "vae/) nor a single-file .safetensors checkpoint"
             )
         try:
             pipe = models.load_pipeline(path, sd, config=config, tokenizer=tokenizer)

@@ -55,7 +55,11 @@ def _names():
 
 # ----------------------------------------------------------------- tokenizer
 def write_vocab(folder: Path) -> None:
-    """vocab.json and merges.txt of a small CLIP BPE vocabulary (every word one token)."""
+    """vocab.json and merges.txt of a small CLIP BPE vocabulary (every word one token).
+
+    The scheme of pulse_plugin.tiny.build_vocab, restated because this script runs
+    without MLX (which pulse_plugin.tiny imports).
+    """
     chars = [chr(c) for c in range(33, 127)]
     tokens = chars + [c + "</w>" for c in chars]
     merges, seen = [], set(tokens)
@@ -428,14 +432,11 @@ def make_models(out: Path) -> None:
     tok = make_tokenizers(out)
     for kind in ("sd15", "sd21", "sdxl"):
         folder = make_pipeline(kind, out, tok)
-        make_references(kind, out, folder)
         if kind == "sd21":
-            make_sharded(folder)
-            make_references(
-                kind, out, folder
-            )  # what diffusers computes from the shards
+            make_sharded(folder)  # the references are then computed from the shards
         else:
             make_single_file(kind, out, folder)
+        make_references(kind, out, folder)
     # SD 1.5 is kept as a single file; its folder keeps the configs and the tokenizer
     # (what from_single_file(config=...) reads), not a second copy of the weights.
     for f in (out / "sd15").rglob("*.safetensors"):
