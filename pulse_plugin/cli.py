@@ -62,6 +62,10 @@ def load_model(
         except models.LOAD_ERRORS as err:
             raise CliError(f"--model {name}: {err}") from err
         return pipe, (path if path.is_dir() else config and Path(config))
+    if config or tokenizer:
+        raise CliError(
+            "--model-config and --tokenizer apply to single-file checkpoints only"
+        )
     try:
         cls = sd.StableDiffusionXL if "xl" in name.lower() else sd.StableDiffusion
         return cls(name), None

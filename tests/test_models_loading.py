@@ -296,3 +296,12 @@ def test_parts_that_do_not_fit_together(sd, tmp_path, model, part, changes, mess
     edit_json(path / part / "config.json", **changes)
     with pytest.raises(models.ModelError, match=message):
         models.load_pipeline(path, sd)
+
+
+def test_cli_single_file_without_tokenizer_exits_2_saying_what_to_pass(
+    no_hub_cache, capsys
+):
+    argv = ["generate", PROMPT, "--model", str(REF / "sd15_single_file.safetensors")]
+    assert cli.main(argv + ["--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer" in err and "--model-config" in err and "Traceback" not in err
