@@ -140,10 +140,10 @@ def _vae(scaling: float, seed: int):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
+        block_out_channels=(4, 8),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=4,  # upstream's autoencoder honours the group count
+        norm_num_groups=2,  # upstream's autoencoder honours the group count
         sample_size=16,
         scaling_factor=scaling,
     )
