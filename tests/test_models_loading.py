@@ -305,3 +305,16 @@ def test_cli_single_file_without_tokenizer_exits_2_saying_what_to_pass(
     assert cli.main(argv + ["--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "--tokenizer" in err and "--model-config" in err and "Traceback" not in err
+
+
+def test_a_folder_with_only_the_fp16_variant_reads_it(sd, sdxl):
+    vae = sdxl / "vae"
+    want = models.load_pipeline(sdxl, sd).autoencoder.decoder.conv_out.weight
+    (vae / "diffusion_pytorch_model.safetensors").rename(
+        vae / "diffusion_pytorch_model.fp16.safetensors"
+    )
+    got = models.load_pipeline(sdxl, sd).autoencoder.decoder.conv_out.weight
+    assert mx.array_equal(want, got).item()
+    (vae / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    with pytest.raises(models.ModelNotFoundError, match="no weights"):
+        models.load_pipeline(sdxl, sd)

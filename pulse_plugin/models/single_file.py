@@ -346,8 +346,7 @@ def _split(tensors: Dict[str, mx.array], family: Family, path: str):
     for key, value in tensors.items():
         owner = next((p for p in parts if key.startswith(p)), None)
         if owner is not None:
-            if not key.endswith("position_ids"):
-                parts[owner][key] = value
+            parts[owner][key] = value
         elif key not in SCHEDULE_BUFFERS and not key.startswith(IGNORED_PREFIXES):
             unknown.append(key)
     if unknown:

@@ -27,37 +27,50 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
-def weight_files(part: Path, stem: str) -> List[Path]:
-    """The files holding a part's weights: ``stem.safetensors`` or the shards its index names.
+def weight_files(part: Path, stem: str) -> Tuple[List[Path], Optional[Path]]:
+    """(files, index json or None) of a part: ``stem.safetensors``, or the shards an index names.
 
-    As diffusers does, an index json is preferred when both are present.
+    As diffusers does, an index json is preferred when both are present; a folder
+    with only the fp16 variant (``stem.fp16.safetensors``) is read from that.
     """
-    index = part / f"{stem}.safetensors.index.json"
-    single = part / f"{stem}.safetensors"
-    if index.is_file():
-        data = read_json(index)
-        weight_map = data.get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelError(
-                f"{index}: field 'weight_map' must map tensor names to files"
-            )
-        shards = []
-        for name in dict.fromkeys(weight_map.values()):
-            if not isinstance(name, str) or Path(name).name != name:
-                raise ModelError(
-                    f"{index}: weight_map names shard {name!r}, not a file name"
-                )
-            if not (part / name).is_file():
-                raise ModelNotFoundError(
-                    f"{index}: shard {name} is missing from {part}"
-                )
-            shards.append(part / name)
-        return shards
-    if single.is_file():
-        return [single]
+    for index, single in _candidates(part, stem):
+        if index.is_file():
+            return _shards(index), index
+        if single.is_file():
+            return [single], None
+    index, single = _candidates(part, stem)[0]
     raise ModelNotFoundError(
         f"{part}: no weights (expected {single.name} or {index.name})"
     )
+
+
+def _candidates(part: Path, stem: str) -> List[Tuple[Path, Path]]:
+    """(index json, single file) names: the plain ones, then the fp16 variant's."""
+    return [
+        (part / f"{stem}.safetensors.index.json", part / f"{stem}.safetensors"),
+        (
+            part / f"{stem}.safetensors.index.fp16.json",
+            part / f"{stem}.fp16.safetensors",
+        ),
+    ]
+
+
+def _shards(index: Path) -> List[Path]:
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelError(f"{index}: field 'weight_map' must map tensor names to files")
+    shards = []
+    for name in dict.fromkeys(weight_map.values()):
+        if not isinstance(name, str) or Path(name).name != name:
+            raise ModelError(
+                f"{index}: weight_map names shard {name!r}, not a file name"
+            )
+        if not (index.parent / name).is_file():
+            raise ModelNotFoundError(
+                f"{index}: shard {name} is missing from {index.parent}"
+            )
+        shards.append(index.parent / name)
+    return shards
 
 
 def read_shards(
@@ -88,12 +101,9 @@ def read_shards(
 
 
 def read_part(part: Path, stem: str) -> Tuple[Dict[str, mx.array], str]:
-    """A part folder's tensors and a description of where they came from (for errors)."""
-    files = weight_files(part, stem)
-    index = part / f"{stem}.safetensors.index.json"
-    sharded = index.is_file()
-    tensors = read_shards(files, index if sharded else None)
-    return tensors, str(index if sharded else files[0])
+    """A part folder's tensors and the file to name in errors (the index, if sharded)."""
+    files, index = weight_files(part, stem)
+    return read_shards(files, index), str(index or files[0])
 
 
 def load_into(
