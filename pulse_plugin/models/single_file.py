@@ -280,8 +280,9 @@ def _layout(spec: UNetSpec, path: str) -> names.UNetLayout:
 
 
 def _convert(
-    tensors, prefix: str, modules, path: Path, to_2d: str = ""
+    tensors, prefix: str, modules, path: str, to_2d: str = ""
 ) -> Dict[str, mx.array]:
+    """Original names (under ``prefix``) to diffusers', module by module of the table."""
     out = {}
     for key, value in tensors.items():
         new = names.convert(key[len(prefix) :], modules, to_original=False)
@@ -290,23 +291,23 @@ def _convert(
                 f"{path}: tensor {key!r} belongs to no module of this architecture"
             )
         if to_2d and to_2d in key and value.ndim == 4:
-            value = value.reshape(
-                value.shape[:2]
-            )  # the original VAE attention is 1x1 convs
+            # the original VAE attention projects with 1x1 convs, diffusers with linears
+            value = value.reshape(value.shape[:2])
         out[new] = value
     return out
 
 
 def _openclip(
-    tensors, prefix: str, spec: TextEncoderSpec, path: Path
+    tensors, prefix: str, spec: TextEncoderSpec, path: str
 ) -> Dict[str, mx.array]:
     """OpenCLIP names (fused q/k/v) to transformers' CLIP names."""
     layers = {
         int(k[len(prefix) :].split(".")[2]) for k in tensors if ".resblocks." in k
     }
     n = spec.num_layers
-    if layers and max(layers) + 1 == n + 1 and spec.projection_dim is None:
-        # SD 2.x conditions on the penultimate layer: the last block is unused by design
+    if layers and max(layers) == n and spec.projection_dim is None:
+        # SD 2.x conditions on the penultimate layer: its last block is unused by design,
+        # and so is its text projection (below)
         tensors = {k: v for k, v in tensors.items() if f".resblocks.{n}." not in k}
     modules = names.openclip_modules(n)
     out = {}
