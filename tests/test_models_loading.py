@@ -318,3 +318,13 @@ def test_a_folder_with_only_the_fp16_variant_reads_it(sd, sdxl):
     (vae / "diffusion_pytorch_model.fp16.safetensors").unlink()
     with pytest.raises(models.ModelNotFoundError, match="no weights"):
         models.load_pipeline(sdxl, sd)
+
+
+def test_single_file_inpainting_unet_is_refused(sd, tmp_path):
+    tensors, _ = tensorfile.load(REF / "sd15_single_file.safetensors")
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    tensors[key] = mx.zeros((32, 9, 3, 3))
+    path = tmp_path / "inpainting.safetensors"
+    mx.save_safetensors(str(path), tensors)
+    with pytest.raises(models.ModelError, match="9 input channels and returns 4"):
+        models.load_pipeline(path, sd, config=REF / "sd15")

@@ -117,6 +117,23 @@ def recognise(keys, path: str = "checkpoint") -> Family:
     )
 
 
+CONV_IN = names.UNET_PREFIX + "input_blocks.0.0.weight"
+
+
+def check_latent_input(shapes: Dict[str, Tuple[int, ...]], path: str) -> None:
+    """Refuse UNets that take more than the latent (inpainting, instruct-pix2pix)."""
+    shape = shapes.get(CONV_IN)
+    out = shapes.get(names.UNET_PREFIX + "out.2.weight")
+    if shape is None or out is None or len(shape) != 4:
+        raise ModelError(f"{path}: no 4-D {CONV_IN} (the UNet's input convolution)")
+    if shape[1] != out[0]:
+        raise ModelError(
+            f"{path}: the UNet takes {shape[1]} input channels and returns {out[0]} "
+            "(an inpainting or image-conditioned model); upstream's pipeline feeds it "
+            "only the latent"
+        )
+
+
 # ------------------------------------------------------------------ built-in configs
 def _clip_l() -> dict:
     return dict(
@@ -408,6 +425,7 @@ def load_single_file(
         raise ModelNotFoundError(f"{path}: file not found")
     entries, _ = tensorfile.read_header(path)
     family = recognise((e.name for e in entries), str(path))
+    check_latent_input({e.name: e.shape for e in entries}, str(path))
     config = Path(config) if config is not None else None
     if config is not None:
         specs, source = _specs_from_folder(config, family), str(path)
