@@ -328,3 +328,19 @@ def test_single_file_inpainting_unet_is_refused(sd, tmp_path):
     mx.save_safetensors(str(path), tensors)
     with pytest.raises(models.ModelError, match="9 input channels and returns 4"):
         models.load_pipeline(path, sd, config=REF / "sd15")
+
+
+def test_lora_training_command_takes_a_model_path(tmp_path):
+    from test_lora_train import make_dataset
+
+    from pulse_plugin.lora import train
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "lora.safetensors"
+    argv = [str(data), "--model", str(REF / "sd15_single_file.safetensors")]
+    with pytest.raises(SystemExit) as exit:  # a single file needs its config folder
+        train.main(argv + ["--steps", "1", "--resolution", "16", "--output", str(out)])
+    assert exit.value.code == 2 and not out.exists()
+    argv = [str(data), "--model", str(REF / "sd21"), "--steps", "1"]
+    assert train.main(argv + ["--resolution", "16", "--output", str(out)]) == 0
+    assert out.is_file()
