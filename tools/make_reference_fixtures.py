@@ -39,6 +39,8 @@ PROMPTS = [
     "small   blue square  on the top",
     "a dogcat painting 2 trees",
     "",
+    "it's the cat's tree; RED,green...blue?",
+    "a   sunset\n\tover the sea 1999",
 ]
 SEED = 0
 
