@@ -157,7 +157,6 @@ class UNetSpec:
     addition_embed_type: Optional[str] = None
     addition_time_embed_dim: Optional[int] = None
     projection_class_embeddings_input_dim: Optional[int] = None
-    sample_size: Optional[int] = None
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], path: PathLike) -> "UNetSpec":
@@ -232,7 +231,6 @@ class UNetSpec:
                 if addition
                 else None
             ),
-            sample_size=f.get("sample_size", object, None),
         )
         if spec.in_channels != spec.out_channels:
             raise f.error(
