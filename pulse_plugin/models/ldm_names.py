@@ -216,7 +216,7 @@ OPENCLIP_POSITION = (
 OPENCLIP_PROJECTION = ("text_projection.weight", "text_projection")  # transposed
 
 
-def _inner(rest: str, kind: str, to_original: bool) -> Optional[str]:
+def _inner(rest: str, kind: str, to_original: bool) -> str:
     for diffusers, original in INNER[kind]:
         src, dst = (diffusers, original) if to_original else (original, diffusers)
         if rest == src or rest.startswith(src + "."):
