@@ -241,6 +241,7 @@ def test_single_file_schedule_buffers_and_ema_are_not_model_parts(sd, tmp_path):
     tensors, _ = tensorfile.load(REF / "sd15_single_file.safetensors")
     tensors["alphas_cumprod"] = mx.ones((1000,))
     tensors["model_ema.decay"] = mx.array([0.9999])
+    tensors["first_stage_model.loss.logvar"] = mx.zeros((1,))
     path = tmp_path / "with_buffers.safetensors"
     mx.save_safetensors(str(path), tensors)
     a = models.load_pipeline(path, sd, config=REF / "sd15")

@@ -39,7 +39,8 @@ from .folder import (
 )
 from .tokenizer import load_tokenizer
 
-# Tensors of the original checkpoints that are no part of the inference model.
+# Tensors of the original checkpoints that are no part of the inference model: the
+# noise schedule (upstream computes its own from the scheduler config) and below.
 SCHEDULE_BUFFERS = {
     "betas",
     "alphas_cumprod",
@@ -55,7 +56,11 @@ SCHEDULE_BUFFERS = {
     "posterior_mean_coef2",
     "logvar",
 }
-IGNORED_PREFIXES = ("model_ema.",)
+IGNORED_PREFIXES = (
+    "model_ema.",  # the EMA copy training kept (the model itself is under model.*)
+    "denoiser.",  # SGM's sigma tables
+    "first_stage_model.loss.",  # the autoencoder's training loss (discriminator, LPIPS)
+)
 OPENCLIP_UNUSED = ("logit_scale", "attn_mask")
 
 
@@ -362,11 +367,13 @@ def _split(tensors: Dict[str, mx.array], family: Family, path: str):
     }
     unknown = []
     for key, value in tensors.items():
+        if key in SCHEDULE_BUFFERS or key.startswith(IGNORED_PREFIXES):
+            continue
         owner = next((p for p in parts if key.startswith(p)), None)
-        if owner is not None:
-            parts[owner][key] = value
-        elif key not in SCHEDULE_BUFFERS and not key.startswith(IGNORED_PREFIXES):
+        if owner is None:
             unknown.append(key)
+        else:
+            parts[owner][key] = value
     if unknown:
         raise ModelError(
             f"{path}: tensors of no part of an {family.name} model: {sorted(unknown)[:8]}"
