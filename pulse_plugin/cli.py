@@ -24,8 +24,9 @@ CorePulse-style control for MLX Stable Diffusion.
   pulse edit "a red circle on the left" "a blue circle on the left" --compare
   pulse blocks                       the model's attention sites and their selector names
 
-Models: the bundled toy model (default), any local diffusers-layout folder
-(--model PATH), or an upstream model name where its weights can be had.
+Models: the bundled toy model (default), any local diffusers-layout folder or
+single-file checkpoint (--model PATH), or an upstream model name where its
+weights can be had.
 On Linux the command re-runs itself with Debian's OpenBLAS preloaded when it is
 installed (set PULSE_NO_OPENBLAS=1 to opt out).
 """
@@ -36,24 +37,38 @@ class CliError(Exception):
 
 
 # ------------------------------------------------------------------ models
-def load_model(name: Optional[str]):
-    """The pipeline for --model: 'toy' (default), a local folder, or an upstream model name."""
-    from . import upstream
-    from .toy import default_model_path, folder
+def load_model(
+    name: Optional[str], config: Optional[str] = None, tokenizer: Optional[str] = None
+):
+    """The pipeline for --model: 'toy' (default), a local folder or single file, or an upstream name.
+
+    Returns (pipe, folder): the folder whose vae config gives the default size, if any.
+    """
+    from . import models, upstream
+    from .toy import default_model_path
 
     sd = upstream.load(patched=True)
     if name in (None, "toy"):
         path = default_model_path()
-        if not folder.is_model_folder(path):
+        if not models.is_model_folder(path):
             raise CliError(f"the bundled toy model is missing from {path}")
-        return folder.load_pipeline(path, sd), path
+        name = str(path)
     path = Path(name).expanduser()
     if path.exists():
-        if not folder.is_model_folder(path):
+        if not models.is_model_path(path):
             raise CliError(
-                f"--model {name}: not a diffusers-layout folder (expected unet/, text_encoder/, vae/)"
+                f"--model {name}: not a diffusers-layout folder (unet/, text_encoder/, "
+                "vae/) nor a single-file .safetensors checkpoint"
             )
-        return folder.load_pipeline(path, sd), path
+        try:
+            pipe = models.load_pipeline(path, sd, config=config, tokenizer=tokenizer)
+        except models.LOAD_ERRORS as err:
+            raise CliError(f"--model {name}: {err}") from err
+        return pipe, (path if path.is_dir() else config and Path(config))
+    if config or tokenizer:
+        raise CliError(
+            "--model-config and --tokenizer apply to single-file checkpoints only"
+        )
     try:
         cls = sd.StableDiffusionXL if "xl" in name.lower() else sd.StableDiffusion
         return cls(name), None
@@ -75,15 +90,15 @@ def default_size(pipe, path: Optional[Path]) -> int:
 
 def size_multiple(pipe) -> int:
     """Image sides this model takes are multiples of this (autoencoder x UNet halvings)."""
+    from .models import downsampling
     from .sampling import unet_multiple
-    from .toy.folder import downsampling
 
     return downsampling(pipe) * unet_multiple(pipe)
 
 
 def latent_for(pipe, size: int, name: str = "--size") -> Tuple[int, int]:
     """The latent (H, W) for a square image of size pixels; CliError naming the multiple."""
-    from .toy.folder import downsampling
+    from .models import downsampling
 
     m = size_multiple(pipe)
     if size < m or size % m:
@@ -378,7 +393,7 @@ def cmd_generate(args) -> int:
     rec = build_recipe(args)
     if rec.capture is not None:
         check_folder(Path(rec.capture.dir), "capture dir")
-    pipe, path = load_model(args.model)
+    pipe, path = load_model(args.model, args.model_config, args.tokenizer)
     s = settings_for(args, rec, pipe, path)
     if rec.empty and s.weights is None:
         image, done = generate(pipe, s), []
@@ -447,7 +462,7 @@ def cmd_edit(args) -> int:
     self_window = _window("--self-window", args.self_window)
     blend_window = _window("--blend-window", args.blend_window) or (None, None)
     cross = _window("--window", args.window) or (None, None)
-    pipe, path = load_model(args.model)
+    pipe, path = load_model(args.model, args.model_config, args.tokenizer)
     args.recipe = None
     s = settings_for(args, Recipe(), pipe, path, prompt=args.source)
     checks.text("edit", args.edit, empty=False, error=CliError)
@@ -539,8 +554,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="the text prompt")
     g.add_argument(
         "--model",
-        help="'toy' (default), a diffusers-layout folder, or an upstream model name",
+        help="'toy' (default), a diffusers-layout folder, a single-file .safetensors "
+        "checkpoint (A1111/ComfyUI), or an upstream model name",
     )
+    g.add_argument(
+        "--model-config",
+        help="for a single file: a diffusers folder of its configs and tokenizers (no weights needed)",
+    )
+    g.add_argument("--tokenizer", help="for a single file: a CLIP tokenizer folder")
     g.add_argument("--negative", help="negative prompt (default: empty)")
     g.add_argument("--steps", type=int, help="denoising steps (default 20)")
     g.add_argument(
@@ -688,6 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--cfg", float, "classifier-free guidance weight (default 7.5)"),
         ("--seed", int, "random seed (default 0)"),
         ("--size", int, "image size in pixels (default: the model's)"),
+        ("--model-config", str, "for a single file: its diffusers config folder"),
+        ("--tokenizer", str, "for a single file: a CLIP tokenizer folder"),
     ):
         e.add_argument(name, type=kind, help=helptext)
     e.add_argument("--compare", action="store_true", help="also write source | edit")

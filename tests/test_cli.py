@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pulse_plugin import cli
+from pulse_plugin import cli, models
 from pulse_plugin.lora import synth
 from pulse_plugin.toy import folder, train
 
@@ -17,7 +17,11 @@ PROMPT = "a red circle on the left"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, sd):
     cfg = train.ToyConfig(
-        unet_channels=(32, 32), vae_channels=(8, 8), text_dims=32, heads=2
+        unet_channels=(32, 32),
+        vae_channels=(32, 32),
+        text_dims=32,
+        heads=2,
+        norm_groups=32,
     )
     pipe, configs = train.build(sd, cfg)
     out = tmp_path_factory.mktemp("model") / "small"
@@ -139,7 +143,7 @@ def test_bend_and_capture_write_a_gallery(model_dir, tmp_path):
 
 
 def test_lora_weight_zero_is_the_identity_and_nonzero_changes(model_dir, sd, tmp_path):
-    pipe = folder.load_pipeline(model_dir, sd)
+    pipe = models.load_pipeline(model_dir, sd)
     paths = synth.target_paths(pipe.unet)
     tensors = synth.random_tensors(pipe.unet, "unet", paths, rank=2, std=0.5)
     lora_file = tmp_path / "style.safetensors"

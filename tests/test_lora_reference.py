@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from pulse_plugin import lora as L
 from pulse_plugin import tensorfile
-from pulse_plugin.toy import folder
+from pulse_plugin.models import folder
 
 FIX = Path(__file__).parent / "fixtures" / "reference" / "lora"
 TOLERANCE = 1e-4  # max |ours - theirs| / max |theirs| per weight, float32

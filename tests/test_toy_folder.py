@@ -1,4 +1,4 @@
-"""Saving a model as a diffusers-layout folder and loading it through upstream's mapping."""
+"""Saving a model as a diffusers-layout folder (toy.folder) and loading it back (models)."""
 
 import json
 
@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from pulse_plugin import models
 from pulse_plugin.toy import folder, train
 
 # text_layers=2: the committed toy model has none, this checks the layers' names
 SMALL = train.ToyConfig(
     seed=5,
-    vae_channels=(16, 32),
+    vae_channels=(32, 32),
     unet_channels=(32, 64),
+    norm_groups=32,  # upstream's Transformer2D always uses 32 groups
     text_dims=32,
     text_layers=2,
     heads=2,
@@ -57,7 +59,7 @@ def test_layout_and_diffusers_names(saved):
 
 def test_round_trip_bit_for_bit(sd, saved):
     pipe, path = saved
-    loaded = folder.load_pipeline(path, sd)
+    loaded = models.load_pipeline(path, sd)
     assert type(loaded) is sd.StableDiffusion
     for name in ("unet", "text_encoder", "autoencoder"):
         a, b = _params(getattr(pipe, name)), _params(getattr(loaded, name))
@@ -81,8 +83,8 @@ def test_round_trip_bit_for_bit(sd, saved):
 
 
 def test_load_rejects_incomplete_folder(sd, tmp_path):
-    with pytest.raises(FileNotFoundError):
-        folder.load_pipeline(tmp_path, sd)
+    with pytest.raises(models.ModelNotFoundError, match="not a diffusers-layout"):
+        models.load_pipeline(tmp_path, sd)
 
 
 def test_non_epsilon_scheduler_is_refused(sd, saved):
@@ -91,14 +93,16 @@ def test_non_epsilon_scheduler_is_refused(sd, saved):
     cfg = json.loads(cfg_path.read_text())
     cfg["prediction_type"] = "v_prediction"
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="epsilon"):
-        folder.load_pipeline(path, sd)
+    with pytest.raises(
+        models.ModelError, match="prediction_type.*v_prediction.*epsilon"
+    ):
+        models.load_pipeline(path, sd)
 
 
 def test_sdxl_folder_round_trip(sd, tmp_path):
     from pulse_plugin import tiny
 
-    cfg = tiny.TinyConfig(sdxl=True, seed=2)
+    cfg = tiny.TinyConfig(sdxl=True, seed=2, norm_groups=32)
     pipe = tiny.build_pipeline(sd, cfg)
     n_vocab = len(pipe.tokenizer_1.vocab)
 
@@ -120,7 +124,7 @@ def test_sdxl_folder_round_trip(sd, tmp_path):
     path = folder.save_pipeline(
         pipe, tmp_path / "xl", unet_cfg, (text_cfg(False), text_cfg(True)), vae_cfg, 16
     )
-    loaded = folder.load_pipeline(path, sd)
+    loaded = models.load_pipeline(path, sd)
     assert type(loaded) is sd.StableDiffusionXL
     for name in ("unet", "text_encoder_1", "text_encoder_2", "autoencoder"):
         a, b = _params(getattr(pipe, name)), _params(getattr(loaded, name))

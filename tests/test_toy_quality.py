@@ -2,11 +2,12 @@
 
 import pytest
 
-from pulse_plugin.toy import default_model_path, folder, quality
+from pulse_plugin import models
+from pulse_plugin.toy import default_model_path, quality
 
 MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(
-    not folder.is_model_folder(MODEL), reason="toy model not built"
+    not models.is_model_folder(MODEL), reason="toy model not built"
 )
 
 
@@ -25,11 +26,11 @@ def test_fixture_is_small():
 
 @pytest.fixture(scope="module")
 def pipe(sd):
-    return folder.load_pipeline(MODEL, sd)
+    return models.load_pipeline(MODEL, sd)
 
 
 def test_quality_bar_on_held_out_captions(pipe):
-    size = folder.latent_size(pipe, folder=MODEL)
+    size = models.latent_size(pipe, folder=MODEL)
     result = quality.measure(
         pipe, per_caption=4, seed=0, num_steps=20, cfg_weight=5.0, latent_size=size
     )

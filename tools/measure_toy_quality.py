@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pulse_plugin.models import latent_size, load_pipeline  # noqa: E402
 from pulse_plugin.pulse import Pulse  # noqa: E402
-from pulse_plugin.toy import default_model_path, folder, quality, shapes  # noqa: E402
+from pulse_plugin.toy import default_model_path, quality, shapes  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,15 +41,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         if args.pag:
-            pulse = stack.enter_context(Pulse(folder.load_pipeline(args.model)))
+            pulse = stack.enter_context(Pulse(load_pipeline(args.model)))
             pulse.perturbed_attention(args.pag, block=args.pag_block)
             return _measure(args, pulse.pipe)
-        return _measure(args, folder.load_pipeline(args.model))
+        return _measure(args, load_pipeline(args.model))
 
 
 def _measure(args, pipe) -> int:
-
-    size = folder.latent_size(pipe, folder=args.model)
+    size = latent_size(pipe, folder=args.model)
     kw = dict(num_steps=args.steps, cfg_weight=args.cfg, latent_size=size)
     result = quality.measure(pipe, per_caption=args.per_caption, seed=args.seed, **kw)
     out = dict(

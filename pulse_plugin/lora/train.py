@@ -463,6 +463,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--check-only", action="store_true", help="only validate the dataset"
     )
     p.add_argument(
+        "--model",
+        help="a diffusers-layout folder or single-file .safetensors checkpoint to train on",
+    )
+    p.add_argument(
         "--tiny",
         action="store_true",
         help="train on a tiny random-weight model (no weights can be downloaded here)",
@@ -472,13 +476,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{len(examples)} image(s) with captions in {args.dataset}")
     if args.check_only:
         return 0
-    if not args.tiny:
-        p.error(
-            "loading real weights is left to the CLI; use --tiny or call train_lora()"
-        )
-    from .. import tiny, upstream
+    if args.tiny == bool(args.model):
+        p.error("expected one of --model PATH or --tiny")
+    from .. import models, tiny, upstream
 
-    pipe = tiny.build_pipeline(upstream.load(patched=False))
+    sd = upstream.load(patched=False)
+    if args.tiny:
+        pipe = tiny.build_pipeline(sd)
+    else:
+        try:
+            pipe = models.load_pipeline(args.model, sd)
+        except models.LOAD_ERRORS as err:
+            p.error(f"--model {args.model}: {err}")
     cfg = TrainConfig(
         output=args.output,
         rank=args.rank,
@@ -491,7 +500,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         targets=tuple(args.targets.split(",")),
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
-        base_model="tiny-random",
+        base_model="tiny-random" if args.tiny else str(args.model),
     )
     print(train_lora(pipe, args.dataset, cfg))
     return 0

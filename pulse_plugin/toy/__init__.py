@@ -1,8 +1,8 @@
 """A small text-to-image model the project trains itself, and its tools.
 
 ``default_model_path()`` is the committed model folder (diffusers layout);
-``folder.load_pipeline`` loads it, or any local diffusers-layout folder,
-into upstream's ``StableDiffusion`` class.
+``pulse_plugin.models.load_pipeline`` loads it, or any local model folder or
+single-file checkpoint, into upstream's classes; ``folder`` writes one.
 """
 
 from __future__ import annotations

@@ -121,9 +121,9 @@ def model_path(path=None):
 
 def load_toy(path=None, sd_module=None):
     """The toy model (see model_path) in upstream's patched StableDiffusion."""
-    from . import folder
+    from ..models import load_pipeline
 
-    return folder.load_pipeline(model_path(path), sd_module)
+    return load_pipeline(model_path(path), sd_module)
 
 
 def generate(
@@ -142,8 +142,8 @@ def generate(
     technique needs (a Pulse, a Bender, a Recorder); ``on_step()`` returns
     extra lazy arrays to evaluate with each step's latents.
     """
+    from ..models import latent_size
     from ..sampling import decode, final_latents
-    from . import folder
 
     with ExitStack() as stack:
         if setup is not None:
@@ -154,7 +154,7 @@ def generate(
             n_images=n,
             num_steps=steps,
             cfg_weight=cfg,
-            latent_size=folder.latent_size(pipe, shapes.SIZE),
+            latent_size=latent_size(pipe, shapes.SIZE),
             seed=seed,
             extra=on_step,
         )
@@ -198,9 +198,9 @@ def captured(
 ):
     """(images, recorder): a plain run with capture recording every cross-attention site."""
     from ..capture.recorder import Recorder
-    from . import folder
+    from ..models import latent_size
 
-    recorder = Recorder(pipe, folder.latent_size(pipe, shapes.SIZE))
+    recorder = Recorder(pipe, latent_size(pipe, shapes.SIZE))
 
     def setup(stack: ExitStack) -> None:
         stack.enter_context(recorder)

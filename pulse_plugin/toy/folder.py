@@ -1,33 +1,22 @@
-"""Diffusers-layout model folders: save upstream models into one, load one back.
+"""Diffusers-layout model folders: save upstream models into one.
 
 A folder holds ``unet/``, ``text_encoder/``, ``vae/``, ``tokenizer/`` and
 ``scheduler/`` (plus ``text_encoder_2/`` and ``tokenizer_2/`` for SDXL), each
 with diffusers' ``config.json`` and ``.safetensors`` in diffusers key names.
-Loading reads local files only and maps the weights with upstream's own
-functions (``model_io.map_*_weights`` and ``_load_safetensor_weights``), so a
-folder downloaded by a user works offline as well as the toy model does.
+Loading one back (this folder or any other) is :mod:`pulse_plugin.models`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import ModuleType
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 PathLike = Union[str, Path]
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
-
-
-def _sd(sd_module: Optional[ModuleType]) -> ModuleType:
-    if sd_module is not None:
-        return sd_module
-    from .. import upstream
-
-    return upstream.load(patched=True)
 
 
 # ---------------------------------------------------------------- key mapping
@@ -315,184 +304,3 @@ def save_pipeline(
         ]
     _write_json(folder / "model_index.json", index)
     return folder
-
-
-# ---------------------------------------------------------------- loading
-
-
-def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _weight_file(part: Path) -> Path:
-    for name in WEIGHT_NAMES:
-        if (part / name).is_file():
-            return part / name
-    found = sorted(part.glob("*.safetensors"))
-    found = [f for f in found if ".fp16." not in f.name] or found
-    if not found:
-        raise FileNotFoundError(f"no .safetensors weights in {part}")
-    return found[0]
-
-
-def load_unet(sd: ModuleType, part: Path, float16: bool = False):
-    """Mirror of upstream's model_io.load_unet over a local folder."""
-    config = _read_json(part / "config.json")
-    n_blocks = len(config["block_out_channels"])
-    tlpb = config.get("transformer_layers_per_block", [1] * n_blocks)
-    heads = config["attention_head_dim"]
-    cross = config["cross_attention_dim"]
-    model = sd.unet.UNetModel(
-        sd.config.UNetConfig(
-            in_channels=config["in_channels"],
-            out_channels=config["out_channels"],
-            block_out_channels=config["block_out_channels"],
-            layers_per_block=[config["layers_per_block"]] * n_blocks,
-            transformer_layers_per_block=(
-                [tlpb] * n_blocks if isinstance(tlpb, int) else tlpb
-            ),
-            num_attention_heads=[heads] * n_blocks if isinstance(heads, int) else heads,
-            cross_attention_dim=[cross] * n_blocks if isinstance(cross, int) else cross,
-            norm_num_groups=config["norm_num_groups"],
-            down_block_types=config["down_block_types"],
-            up_block_types=config["up_block_types"][::-1],
-            addition_embed_type=config.get("addition_embed_type", None),
-            addition_time_embed_dim=config.get("addition_time_embed_dim", None),
-            projection_class_embeddings_input_dim=config.get(
-                "projection_class_embeddings_input_dim", None
-            ),
-        )
-    )
-    sd.model_io._load_safetensor_weights(
-        sd.model_io.map_unet_weights, model, str(_weight_file(part)), float16
-    )
-    return model
-
-
-def load_text_encoder(sd: ModuleType, part: Path, float16: bool = False):
-    """Mirror of upstream's model_io.load_text_encoder over a local folder."""
-    config = _read_json(part / "config.json")
-    with_projection = "WithProjection" in config["architectures"][0]
-    model = sd.clip.CLIPTextModel(
-        sd.config.CLIPTextModelConfig(
-            num_layers=config["num_hidden_layers"],
-            model_dims=config["hidden_size"],
-            num_heads=config["num_attention_heads"],
-            max_length=config["max_position_embeddings"],
-            vocab_size=config["vocab_size"],
-            projection_dim=config["projection_dim"] if with_projection else None,
-            hidden_act=config.get("hidden_act", "quick_gelu"),
-        )
-    )
-    sd.model_io._load_safetensor_weights(
-        sd.model_io.map_clip_text_encoder_weights,
-        model,
-        str(_weight_file(part)),
-        float16,
-    )
-    return model
-
-
-def load_autoencoder(sd: ModuleType, part: Path, float16: bool = False):
-    """Mirror of upstream's model_io.load_autoencoder over a local folder."""
-    config = _read_json(part / "config.json")
-    model = sd.vae.Autoencoder(
-        sd.config.AutoencoderConfig(
-            in_channels=config["in_channels"],
-            out_channels=config["out_channels"],
-            latent_channels_out=2 * config["latent_channels"],
-            latent_channels_in=config["latent_channels"],
-            block_out_channels=config["block_out_channels"],
-            layers_per_block=config["layers_per_block"],
-            norm_num_groups=config["norm_num_groups"],
-            scaling_factor=config.get("scaling_factor", 0.18215),
-        )
-    )
-    sd.model_io._load_safetensor_weights(
-        sd.model_io.map_vae_weights, model, str(_weight_file(part)), float16
-    )
-    return model
-
-
-def load_diffusion_config(sd: ModuleType, part: Path):
-    config = _read_json(part / "scheduler_config.json")
-    prediction = config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise ValueError(
-            f"{part}: prediction_type {prediction!r}; upstream's sampler needs 'epsilon'"
-        )
-    return sd.config.DiffusionConfig(
-        beta_start=config["beta_start"],
-        beta_end=config["beta_end"],
-        beta_schedule=config["beta_schedule"],
-        num_train_steps=config["num_train_timesteps"],
-    )
-
-
-def load_tokenizer(sd: ModuleType, part: Path):
-    """Mirror of upstream's model_io.load_tokenizer over a local folder."""
-    with open(part / "vocab.json", encoding="utf-8") as f:
-        vocab = json.load(f)
-    with open(part / "merges.txt", encoding="utf-8") as f:
-        bpe_merges = f.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]
-    bpe_merges = [tuple(m.split()) for m in bpe_merges]
-    bpe_ranks = dict(map(reversed, enumerate(bpe_merges)))
-    return sd.tokenizer.Tokenizer(bpe_ranks, vocab)
-
-
-def is_model_folder(folder: PathLike) -> bool:
-    folder = Path(folder)
-    return all((folder / p).is_dir() for p in ("unet", "text_encoder", "vae"))
-
-
-def load_pipeline(
-    folder: PathLike, sd_module: Optional[ModuleType] = None, float16: bool = False
-):
-    """A StableDiffusion (or StableDiffusionXL) object from a local diffusers folder.
-
-    Only local files are read. SD 1.x/2.x folders give ``StableDiffusion``
-    with upstream's Euler sampler; folders with ``text_encoder_2`` give
-    ``StableDiffusionXL`` (Euler ancestral), as upstream's constructors do.
-    As upstream does, the autoencoder stays in float32.
-    """
-    folder = Path(folder)
-    if not is_model_folder(folder):
-        raise FileNotFoundError(f"{folder} is not a diffusers-layout model folder")
-    sd = _sd(sd_module)
-    sdxl = (folder / "text_encoder_2").is_dir()
-    cls = sd.StableDiffusionXL if sdxl else sd.StableDiffusion
-    pipe = cls.__new__(cls)
-    pipe.dtype = mx.float16 if float16 else mx.float32
-    pipe.diffusion_config = load_diffusion_config(sd, folder / "scheduler")
-    pipe.unet = load_unet(sd, folder / "unet", float16)
-    pipe.autoencoder = load_autoencoder(sd, folder / "vae", False)
-    encoder = load_text_encoder(sd, folder / "text_encoder", float16)
-    tokenizer = load_tokenizer(sd, folder / "tokenizer")
-    if sdxl:
-        pipe.sampler = sd.sampler.SimpleEulerAncestralSampler(pipe.diffusion_config)
-        pipe.text_encoder_1 = encoder
-        pipe.tokenizer_1 = tokenizer
-        pipe.text_encoder_2 = load_text_encoder(sd, folder / "text_encoder_2", float16)
-        pipe.tokenizer_2 = load_tokenizer(sd, folder / "tokenizer_2")
-    else:
-        pipe.sampler = sd.sampler.SimpleEulerSampler(pipe.diffusion_config)
-        pipe.text_encoder = encoder
-        pipe.tokenizer = tokenizer
-    pipe.ensure_models_are_loaded()
-    return pipe
-
-
-def downsampling(pipe) -> int:
-    """How many image pixels one latent pixel spans along each side."""
-    return 2 ** (len(pipe.autoencoder.decoder.up_blocks) - 1)
-
-
-def latent_size(
-    pipe, image_size: Optional[int] = None, folder: Optional[PathLike] = None
-):
-    """The latent (H, W) for an image size (default: the folder's vae sample_size)."""
-    if image_size is None:
-        image_size = _read_json(Path(folder) / "vae" / "config.json")["sample_size"]
-    down = downsampling(pipe)
-    return (image_size // down, image_size // down)

@@ -364,9 +364,9 @@ def train(
     if vae_from is None:
         vae_losses = train_vae(pipe.autoencoder, images, cfg, report)
     else:
-        from . import folder
+        from ..models.folder import load_autoencoder
 
-        trained = folder.load_autoencoder(sd, Path(vae_from) / "vae")
+        trained = load_autoencoder(sd, Path(vae_from) / "vae")
         trained.scaling_factor = 1.0
         pipe.autoencoder = trained
         vae_losses = [float("nan")]
