@@ -27,10 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    tomllib = None
+from . import tomlfile
 
 PULSE_SECTIONS = {
     "inject": "inject",
@@ -77,9 +74,7 @@ def load(path: Path) -> Recipe:
         if path.suffix == ".json":
             data = json.loads(text)
         elif path.suffix == ".toml":
-            if tomllib is None:
-                raise RecipeError(f"{path}: TOML needs Python 3.11+; use JSON")
-            data = tomllib.loads(text)
+            data = tomlfile.loads(text)
         else:
             raise RecipeError(f"{path}: expected a .toml or .json file")
     except (json.JSONDecodeError, ValueError) as err:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .. import tomlfile
 from . import transforms
 
 Layer = Union[int, str]
@@ -241,9 +242,7 @@ def load_settings(path: Union[str, Path]) -> BendingSettings:
     text = path.read_text()
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        import tomllib
-
-        data = tomllib.loads(text)
+        data = tomlfile.loads(text)
     elif suffix == ".json":
         data = json.loads(text)
     elif suffix in (".yaml", ".yml"):
