@@ -59,6 +59,27 @@ def test_the_documents_have_blocks():
     )
 
 
+def test_toy_load_samples_at_the_toy_size_unless_told(tiny_pipe):
+    from pulse_plugin.sampling import default_latent_size
+
+    def last(pipe, **kw):
+        x = None
+        for x in pipe.generate_latents("a red circle", num_steps=1, seed=0, **kw):
+            pass
+        return x
+
+    pipe = pulse_plugin.toy.load()
+    assert default_latent_size(pipe) == (8, 8)  # 32 px images, 4x downsampling
+    assert last(pipe).shape == (1, 8, 8, 4)
+    assert last(pipe, latent_size=(4, 4)).shape == (1, 4, 4, 4)
+    assert default_latent_size(tiny_pipe) == (64, 64)  # upstream's own, untouched
+
+
+def test_a_missing_example_names_its_path():
+    with pytest.raises(FileNotFoundError, match="absent.toml: no such example file"):
+        pulse_plugin.toy.example("absent.toml")
+
+
 def stand_in_samples(folder: Path) -> None:
     """The README's sample LoRA and blend, made here until the repository ships them."""
     import mlx.core as mx
