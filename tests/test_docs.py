@@ -134,8 +134,8 @@ def test_pulse_commands_run_as_written(doc, line_no, command, examples, tmp_path
     if command in NOT_RUN:
         pytest.skip(NOT_RUN[command])
     shutil.copytree(examples, tmp_path / "examples")  # as in a checkout
-    pulse = Path(sys.executable).with_name("pulse")
-    argv = [str(pulse), *shlex.split(command)[1:]]
+    pulse = shutil.which("pulse", path=str(Path(sys.executable).parent))
+    argv = [pulse or "pulse", *shlex.split(command)[1:]]
     run = subprocess.run(
         argv, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
