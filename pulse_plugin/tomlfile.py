@@ -8,3 +8,4 @@ except ModuleNotFoundError:  # Python 3.10: pyproject depends on tomli there
     import tomli as tomllib
 
 loads = tomllib.loads
+TOMLDecodeError = tomllib.TOMLDecodeError  # a ValueError
