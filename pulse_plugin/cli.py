@@ -507,10 +507,19 @@ def cmd_edit(args) -> int:
 
 
 def cmd_blocks(args) -> int:
-    from .selectors import describe, table
+    from .selectors import describe, selector_table, table
 
     pipe, _ = load_model(args.model)
-    print(table(describe(pipe.unet)))
+    sites = describe(pipe.unet)
+    print(
+        "Attention sites in execution order, by CorePulse name (level 0 = the latent's"
+    )
+    print("own resolution); each name and each upstream id is a selector:\n")
+    print(table(sites))
+    print(
+        "\nMore selectors (a block= value may also be a list of them, their union):\n"
+    )
+    print(selector_table(sites))
     return 0
 
 

@@ -32,7 +32,7 @@ import itertools
 import warnings
 import weakref
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import mlx.core as mx
 
@@ -137,6 +137,7 @@ class Pulse:
         self._entry = None
         self._installed: Dict[Key, SiteChain] = {}
         self._entered: List[Technique] = []
+        self._warned: Set[Tuple[int, Tuple[Tuple[int, float], ...]]] = set()
 
     # ----------------------------------------------------------------- state
     @property
@@ -267,6 +268,7 @@ class Pulse:
         """Remove every technique and link (installed chains follow on the next entry)."""
         self.techniques.clear()
         self.links.clear()
+        self._warned.clear()
         if self.active:
             while self._entered:
                 self._entered.pop().exit(self.pipe)
@@ -305,20 +307,30 @@ class Pulse:
         self, num_steps: int, strength: Optional[float] = None
     ) -> List[str]:
         """Warn (and return the messages) for windows that match no planned step."""
-        return self._warn_missed(self.plan(num_steps, strength), "the planned schedule")
+        return self._warn_missed(
+            self.plan(num_steps, strength), "the planned schedule", always=True
+        )
 
     def _warn_missed(
-        self, steps, what: str, techniques: Optional[Iterable[Technique]] = None
+        self,
+        steps,
+        what: str,
+        techniques: Optional[Iterable[Technique]] = None,
+        always: bool = False,
     ) -> List[str]:
+        """Warn for windows that match none of steps: once per technique and schedule."""
         if not steps:
             return []
+        schedule = tuple((s.step_idx, s.sigma) for s in steps)
         out = []
         for t in techniques if techniques is not None else self.techniques:
             if not t.window.matches(steps):
                 msg = miss_message(
                     f"{t.name} on {list(t.blocks)} ({what})", t.window, steps
                 )
-                warnings.warn(msg, stacklevel=3)
+                if always or (id(t), schedule) not in self._warned:
+                    warnings.warn(msg, stacklevel=3)
+                    self._warned.add((id(t), schedule))
                 out.append(msg)
         return out
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import checks
+from . import checks, tomlfile
 from .bending.config import (
     BendConfig,
     BendingSettings,
@@ -47,11 +47,6 @@ from .bending.config import (
 from .masks import as_mask
 from .prompt_weights import SYNTAXES
 from .pulse import WEIGHT_MODES, Pulse
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    tomllib = None
 
 PULSE_SECTIONS = {
     "inject": "inject",
@@ -361,10 +356,8 @@ def load(path: Path) -> Recipe:
     try:
         if path.suffix == ".json":
             data = json.loads(text)
-        elif tomllib is None:  # pragma: no cover - Python 3.10
-            raise RecipeError(f"{path}: TOML needs Python 3.11+; use JSON")
         else:
-            data = tomllib.loads(text)
+            data = tomlfile.loads(text)
     except (json.JSONDecodeError, ValueError) as err:
         if isinstance(err, RecipeError):
             raise

@@ -7,6 +7,7 @@ non-finite picture: a broken run never becomes a black image.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
@@ -21,20 +22,26 @@ class NonFiniteError(RuntimeError):
     """The latents or the decoded images of a generation hold NaN or infinity."""
 
 
+def default_latent_size(pipe) -> Tuple[int, int]:
+    """The latent size ``pipe.generate_latents`` uses when given none (upstream's: 64x64)."""
+    parameter = inspect.signature(pipe.generate_latents).parameters["latent_size"]
+    return tuple(parameter.default)
+
+
 def final_latents(
     pipe,
     prompt: str,
     *,
     num_steps: int,
     cfg_weight: float,
-    latent_size: Tuple[int, int],
+    latent_size: Optional[Tuple[int, int]],
     seed: int,
     n_images: int = 1,
     negative_text: str = "",
     extra: Optional[Callable[[], Sequence[mx.array]]] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
 ) -> mx.array:
-    """The last latents of upstream's ``generate_latents``.
+    """The last latents of upstream's ``generate_latents`` (latent_size None: the pipe's default).
 
     ``extra()`` returns lazy arrays (an observer's records) to evaluate with each
     step's latents; ``progress`` wraps the step iterator (a progress bar).
@@ -53,7 +60,7 @@ def final_latents(
         num_steps=num_steps,
         cfg_weight=cfg_weight,
         negative_text=negative_text,
-        latent_size=tuple(latent_size),
+        latent_size=tuple(latent_size or default_latent_size(pipe)),
         seed=seed,
     )
     if progress is not None:

@@ -170,3 +170,19 @@ def table(sites: Iterable[Site]) -> str:
         ids = ", ".join(f"`{s.block_id}`" for s in group)
         lines.append(f"| `{name}` | {ldm} | {ids} | {group[0].level} |")
     return "\n".join(lines)
+
+
+def selector_table(sites: Sequence[Site]) -> str:
+    """A Markdown table: every other selector name (parts, levels, prefixes) -> its ids."""
+    own = {s.block_id for s in sites} | {s.corepulse for s in sites}
+    lines = ["| selector | upstream block ids |", "|---|---|"]
+    for name in names(sites):
+        if name in own:
+            continue
+        try:
+            ids = ", ".join(f"`{b}`" for b in resolve(name, sites))
+        except ValueError:  # mid-level on a model with two levels
+            levels = sorted({s.level for s in sites})
+            ids = f"none: attention at only {len(levels)} levels here; use `level:N`"
+        lines.append(f"| `{name}` | {ids} |")
+    return "\n".join(lines)

@@ -2,7 +2,12 @@
 
 import pytest
 
-from pulse_plugin import tiny, upstream
+from pulse_plugin import blas, tiny, upstream
+
+
+def pytest_configure(config):
+    """Re-run the suite with Debian's OpenBLAS preloaded when it is installed (see blas.py)."""
+    blas.reexec_pytest(config)
 
 
 @pytest.fixture(scope="session")

@@ -66,8 +66,9 @@ def test_empty_window_is_bit_identical_to_baseline(model_dir, tmp_path):
     args = ["generate", PROMPT, "--model", model_dir, "--steps", 3]
     assert run(*args, "-o", tmp_path / "base.png") == 0
     empty = "block=all,prompt=a blue square,sigma_start=0.001,sigma_end=0.0"
-    with pytest.warns(UserWarning, match="sigma"):
+    with pytest.warns(UserWarning, match="sigma") as caught:
         assert run(*args, "--inject", empty, "-o", tmp_path / "w.png") == 0
+    assert len(caught) == 1  # one warning per problem
     assert np.array_equal(pixels(tmp_path / "base.png"), pixels(tmp_path / "w.png"))
 
 
@@ -158,10 +159,18 @@ def test_lora_weight_zero_is_the_identity_and_nonzero_changes(model_dir, sd, tmp
     )
 
 
-def test_blocks_lists_sites(model_dir, capsys):
+def test_blocks_lists_sites_and_every_selector(model_dir, capsys):
+    from pulse_plugin import selectors
+
     assert run("blocks", "--model", model_dir) == 0
     out = capsys.readouterr().out
     assert "down.0.0.0" in out and "mid.0.0" in out
+    pipe = folder.load_pipeline(model_dir)
+    listed = selectors.names(selectors.describe(pipe.unet))
+    for name in ("structure", "mid-level", "detail", "level:0", "down", "middle:0"):
+        assert name in listed
+    for name in listed:
+        assert f"| `{name}` |" in out, name
 
 
 def test_demo_writes_every_technique(model_dir, tmp_path):

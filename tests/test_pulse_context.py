@@ -247,10 +247,25 @@ def test_window_bounds_and_warnings(pipe):
         pulse.check_windows(2)
     with pytest.warns(UserWarning, match="this generation"):
         with pulse:
-            generate(pipe)
+            generate(pipe, steps=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Pulse(pipe).inject("mid", "a dog", sigma_start=15.0, sigma_end=0.0)
+
+
+def test_one_warning_per_missed_window_and_schedule(pipe):
+    pulse = Pulse(pipe, num_steps=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pulse.inject("mid", "a dog", sigma_start=100.0, sigma_end=50.0)
+        for _ in range(2):
+            with pulse:
+                generate(pipe, steps=2)  # the planned schedule again: no new warning
+    assert [str(w.message).count("matches no step") for w in caught] == [1]
+    with pytest.warns(UserWarning, match="this generation") as other:
+        with pulse:
+            generate(pipe, steps=3)  # another schedule: a new problem
+    assert len(other) == 1
 
 
 def test_warning_at_add_time_with_a_planned_schedule(pipe):

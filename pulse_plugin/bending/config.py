@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .. import checks
+from .. import checks, tomlfile
 from . import transforms
 
 Layer = Union[int, str]
@@ -257,12 +257,8 @@ def _read(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read it ({err})") from err
     if suffix == ".toml":
         try:
-            import tomllib
-        except ModuleNotFoundError as err:  # pragma: no cover - Python 3.10
-            raise ConfigError(f"{path}: TOML needs Python 3.11+; use JSON") from err
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
+            return tomlfile.loads(text)
+        except tomlfile.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from err
     if suffix == ".json":
         try:

@@ -362,7 +362,7 @@ def generate(
     apply_to_output: Optional[bool] = None,
     num_steps: int = 4,
     cfg_weight: float = 7.5,
-    latent_size: Tuple[int, int] = (64, 64),
+    latent_size: Optional[Tuple[int, int]] = None,
     seed: int = 0,
     negative_text: str = "",
 ) -> Tuple[mx.array, Bender]:

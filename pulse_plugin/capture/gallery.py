@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from .. import tokens
 from ..bending.config import BendConfig, BendingSettings
-from ..sampling import decode, final_latents
+from ..sampling import decode, default_latent_size, final_latents
 from .recorder import Recorder, StepMaps
 
 _ANCHORS = np.array(
@@ -212,7 +212,7 @@ def capture_run(
     out_dir: Union[str, Path],
     num_steps: int = 4,
     cfg_weight: float = 7.5,
-    latent_size: Tuple[int, int] = (64, 64),
+    latent_size: Optional[Tuple[int, int]] = None,
     seed: int = 0,
     negative_text: str = "",
     blocks=None,
@@ -224,11 +224,13 @@ def capture_run(
 
     The prompt may mark bendable words in parentheses; they are removed before
     tokenisation. ``blocks`` selects the sites averaged (all by default),
-    ``map_size`` the common map size (the latent size by default).
+    ``map_size`` the common map size (the latent size by default); ``latent_size``
+    None is the pipe's own default (upstream's 64x64, the toy's 8x8).
     """
     from ..bending.processor import Bender, parse_prompt
 
     out_dir = Path(out_dir)
+    latent_size = latent_size or default_latent_size(pipe)
     clean, _ = parse_prompt(prompt)
     bender = Bender(pipe, prompt, bends) if bends is not None else None
     recorder = Recorder(pipe, tuple(map_size or latent_size), blocks)

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .. import tomlfile
 from ..sampling import decode, final_latents, to_uint8
 from . import adapters
 from .io import LoRA, LoRAError, load_lora
@@ -115,13 +116,7 @@ def load_blend(path: Union[str, Path]) -> Blend:
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
         elif path.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                raise LoRAError(
-                    f"{path}: reading TOML needs Python 3.11+; use .json"
-                ) from None
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomlfile.loads(path.read_text(encoding="utf-8"))
         else:
             raise LoRAError(f"{path}: blend files are .json or .toml")
     except (OSError, ValueError) as exc:
