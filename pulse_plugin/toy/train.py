@@ -60,7 +60,12 @@ class ToyConfig:
     # no transformer layers: each word's information stays at its own token
     # (with causal layers it reached every later token; TRAINING_NOTES.md)
     text_layers: int = 0
-    norm_groups: int = 8
+    # upstream's Transformer2D always normalises with 32 groups, whatever the
+    # config says; the UNet uses 32 everywhere so that its config describes it
+    # (diffusers builds the same model from the folder). The autoencoder
+    # honours its config's value everywhere; its 16-channel level needs <= 16.
+    unet_norm_groups: int = 32
+    vae_norm_groups: int = 8
     unet_steps: int = 4000
     unet_batch: int = 16
     unet_lr: float = 1.5e-3
@@ -99,7 +104,7 @@ def build(sd: ModuleType, cfg: ToyConfig):
         transformer_layers_per_block=(1,) * n,
         num_attention_heads=(cfg.heads,) * n,
         cross_attention_dim=(cfg.text_dims,) * n,
-        norm_num_groups=cfg.norm_groups,
+        norm_num_groups=cfg.unet_norm_groups,
         down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n,
         in_channels=cfg.latent_channels,
@@ -119,7 +124,7 @@ def build(sd: ModuleType, cfg: ToyConfig):
         latent_channels_in=cfg.latent_channels,
         block_out_channels=tuple(cfg.vae_channels),
         layers_per_block=cfg.vae_layers,
-        norm_num_groups=cfg.norm_groups,
+        norm_num_groups=cfg.vae_norm_groups,
         scaling_factor=1.0,
     )
     pipe = sd.StableDiffusion.__new__(sd.StableDiffusion)
