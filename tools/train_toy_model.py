@@ -56,6 +56,12 @@ def main(argv=None) -> int:
         type=Path,
         help="reuse the autoencoder of an earlier run (same seed) instead of stage 1",
     )
+    parser.add_argument(
+        "--weights-from",
+        type=Path,
+        help="start the UNet and text encoder from an earlier run's weights",
+    )
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -70,6 +76,7 @@ def main(argv=None) -> int:
         weight_clip=args.weight_clip,
         text_layers=args.text_layers,
         partial_captions=args.partial_captions,
+        warmup=args.warmup,
     )
     from tqdm import tqdm
 
@@ -89,7 +96,7 @@ def main(argv=None) -> int:
 
     start = time.time()
     sd = upstream.load(patched=True)
-    pipe, configs, log = train.train(sd, cfg, report, args.vae_from)
+    pipe, configs, log = train.train(sd, cfg, report, args.vae_from, args.weights_from)
     folder.save_pipeline(
         pipe, args.out, configs.unet, configs.text, configs.vae, cfg.image_size
     )
@@ -101,6 +108,8 @@ def main(argv=None) -> int:
         config=log["config"],
         params=log["params"],
         scaling_factor=log["scaling_factor"],
+        vae_from=None if args.vae_from is None else str(args.vae_from),
+        weights_from=None if args.weights_from is None else str(args.weights_from),
         seconds=dict(
             vae=round(log["vae_seconds"], 1),
             unet=round(log["unet_seconds"], 1),

@@ -350,16 +350,43 @@ def train_unet(
     return losses
 
 
+def init_from(sd: ModuleType, pipe, folder) -> None:
+    """Start pipe's UNet and text encoder from a model folder's weights (same shapes).
+
+    Only the weights are taken; the architecture stays the one ``build``
+    made (for example more GroupNorm groups than the folder's config).
+    """
+    from . import folder as toy_folder
+
+    unet = toy_folder.load_unet(sd, Path(folder) / "unet")
+    text = toy_folder.load_text_encoder(sd, Path(folder) / "text_encoder")
+    for name, (ours, theirs) in (
+        ("unet", (pipe.unet, unet)),
+        ("text_encoder", (pipe.text_encoder, text)),
+    ):
+        mine = dict(tree_flatten(ours.parameters()))
+        given = dict(tree_flatten(theirs.parameters()))
+        if {k: v.shape for k, v in mine.items()} != {
+            k: v.shape for k, v in given.items()
+        }:
+            raise ValueError(f"{folder}/{name}: weights do not fit the model built")
+        ours.update(theirs.parameters())
+    mx.eval(pipe.unet.parameters(), pipe.text_encoder.parameters())
+
+
 def train(
     sd: ModuleType,
     cfg: ToyConfig,
     report: Optional[Report] = None,
     vae_from=None,
+    weights_from=None,
 ) -> Tuple[object, Configs, Dict[str, object]]:
     """Build and train the whole toy model; returns (pipe, configs, log).
 
     ``vae_from``: a model folder whose autoencoder (trained by an earlier run
     with the same seed and autoencoder settings) replaces stage 1.
+    ``weights_from``: a model folder whose UNet and text encoder weights
+    (same shapes) start stage 2 instead of a random initialisation.
     """
     t0 = time.time()
     pipe, configs = build(sd, cfg)
@@ -381,6 +408,8 @@ def train(
     scale = 1.0
     configs.vae.scaling_factor = scale
     partial = {i: s[0].partial_phrases() for i, s in enumerate(scenes) if len(s) == 1}
+    if weights_from is not None:
+        init_from(sd, pipe, weights_from)
     unet_losses = train_unet(pipe, latents, captions, cfg, report, partial)
     t2 = time.time()
     log = dict(
