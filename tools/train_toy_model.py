@@ -50,6 +50,13 @@ def main(argv=None) -> int:
         default=defaults.partial_captions,
         help="share of single-object captions shortened (no colour/position)",
     )
+    parser.add_argument(
+        "--unet-norm-groups",
+        type=int,
+        default=defaults.unet_norm_groups,
+        help="GroupNorm groups of the UNet (run 6: 8, which upstream's "
+        "Transformer2D ignores; diffusers does not)",
+    )
     parser.add_argument("--weight-clip", type=float, default=defaults.weight_clip)
     parser.add_argument(
         "--vae-from",
@@ -77,6 +84,7 @@ def main(argv=None) -> int:
         text_layers=args.text_layers,
         partial_captions=args.partial_captions,
         warmup=args.warmup,
+        unet_norm_groups=args.unet_norm_groups,
     )
     from tqdm import tqdm
 
