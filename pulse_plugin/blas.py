@@ -62,3 +62,45 @@ def reexec_pytest(config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+# OpenBLAS kernels that Debian's build can be forced to use; their float32
+# results differ in the low bits (tests' thresholds must hold under each).
+KERNELS = ("Haswell", "Sandybridge", "Nehalem", "Prescott", "SkylakeX")
+DEFAULT = "default"  # OpenBLAS preloaded, its own choice of kernel
+BUNDLED = "bundled"  # MLX's bundled BLAS: nothing preloaded
+
+
+def kernel_env(kernel: str, base: Optional[dict] = None) -> dict:
+    """The environment that runs MLX under kernel (DEFAULT, BUNDLED or one of KERNELS)."""
+    if kernel not in (DEFAULT, BUNDLED) + KERNELS:
+        raise ValueError(
+            f"kernel: expected {DEFAULT!r}, {BUNDLED!r} or one of {KERNELS}, got {kernel!r}"
+        )
+    env = dict(os.environ if base is None else base)
+    env.pop("OPENBLAS_CORETYPE", None)
+    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
+    preload = [p for p in preload if Path(p).name != OPENBLAS.name]
+    if kernel != BUNDLED:
+        preload.insert(0, str(OPENBLAS))
+        env.pop(OPT_OUT, None)
+    else:
+        env[OPT_OUT] = "1"
+    if kernel in KERNELS:
+        env["OPENBLAS_CORETYPE"] = kernel
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
+
+
+def fingerprint() -> str:
+    """The low bits of one seeded float32 matmul: differs between BLAS kernels."""
+    import mlx.core as mx
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = mx.array(rng.standard_normal((96, 200)).astype(np.float32))
+    b = mx.array(rng.standard_normal((200, 64)).astype(np.float32))
+    return f"{float(np.array(a @ b, np.float64).sum()):.10e}"

@@ -20,6 +20,7 @@ SMALL = train.ToyConfig(
     text_layers=2,
     heads=2,
 )
+SMALL_MAX_LENGTH = 77
 
 
 @pytest.fixture
@@ -55,6 +56,22 @@ def test_layout_and_diffusers_names(saved):
     assert merges[0].startswith("#version")
     sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == "epsilon"
+
+
+def test_folder_has_what_diffusers_needs_to_build_a_pipeline(saved):
+    # tools/compare_toy_with_diffusers.py checks the toy folder in diffusers
+    # itself; this checks the files that make that possible are written
+    pipe, path = saved
+    tok = json.loads((path / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok["model_max_length"] == SMALL_MAX_LENGTH  # no overflowing default
+    assert pipe.tokenizer.vocab[tok["pad_token"]] == 0  # upstream pads with id 0
+    assert tok["bos_token"] in pipe.tokenizer.vocab
+    assert tok["eos_token"] in pipe.tokenizer.vocab
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None]
+    assert index["requires_safety_checker"] is False
+    unet = json.loads((path / "unet" / "config.json").read_text())
+    assert unet["norm_num_groups"] == 32  # what upstream's Transformer2D uses
 
 
 def test_round_trip_bit_for_bit(sd, saved):

@@ -1,5 +1,8 @@
 """The committed toy model: small, loads offline, and draws what the caption says."""
 
+import json
+import os
+
 import pytest
 
 from pulse_plugin import models
@@ -24,6 +27,14 @@ def test_fixture_is_small():
 # (not part of the bar): 15/16 samples with both objects right.
 
 
+def record(name: str, result) -> None:
+    """Append the result to $PULSE_EFFECTS_LOG when set (as tests/test_effects.py does)."""
+    log = os.environ.get("PULSE_EFFECTS_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"statistic": name, "value": result.summary()}) + "\n")
+
+
 @pytest.fixture(scope="module")
 def pipe(sd):
     return models.load_pipeline(MODEL, sd)
@@ -34,6 +45,7 @@ def test_quality_bar_on_held_out_captions(pipe):
     result = quality.measure(
         pipe, per_caption=4, seed=0, num_steps=20, cfg_weight=5.0, latent_size=size
     )
+    record("quality held-out", result)
     assert result.samples == 32
     assert result.colour_rate >= quality.COLOUR_BAR, result.summary()
     assert result.position_rate >= quality.POSITION_BAR, result.summary()
@@ -42,5 +54,6 @@ def test_quality_bar_on_held_out_captions(pipe):
 def test_two_object_captions(pipe):
     # a regression floor, not a bar: 15/16 measured, chance is far below 1/4
     result = quality.measure_two_objects(pipe, per_caption=4, seed=0)
+    record("quality two objects", result)
     assert result.samples == 16
     assert result.position_rate >= 0.75, result.summary()

@@ -2,16 +2,27 @@
 
     python tools/measure_effects.py --seeds 4          # 4 seeds x 8 images per run
     python tools/measure_effects.py --only injection bending --steps 12
+    python tools/measure_effects.py --seeds 3 --kernels default Haswell Prescott \\
+        bundled --bundled-seeds 1                      # spread over BLAS kernels
 
 Every number is a mean over the seeds' images (the spread is the standard
 deviation over images; for per-run numbers, over seeds). The measures are the
 functions of ``pulse_plugin.toy.effects`` that ``tests/test_effects.py``
-asserts on with seed 0.
+asserts on with seed 0; the second table gives, per seed, the statistics
+(``effects.STATISTICS``) the tests compare with their thresholds.
+
+``--kernels`` runs the measure once per BLAS kernel in a subprocess
+(``pulse_plugin.blas.kernel_env``: an OpenBLAS kernel forced with
+``OPENBLAS_CORETYPE``, ``default`` = OpenBLAS's own choice, ``bundled`` =
+MLX's bundled BLAS, nothing preloaded) and prints each statistic's values
+over seeds and kernels with the smallest and largest.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pulse_plugin import blas  # noqa: E402
 from pulse_plugin.toy import effects as E  # noqa: E402
 
+Stats = Dict[str, List[float]]  # statistic -> one value per seed
 
-def main(argv=None) -> int:
+
+def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 (default 4)")
     p.add_argument("--n", type=int, default=8, help="images per run (default 8)")
@@ -43,7 +57,26 @@ def main(argv=None) -> int:
         default=None,
         help="a recolouring LoRA file (default: train one, timed, as the test does)",
     )
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=(blas.DEFAULT, blas.BUNDLED) + blas.KERNELS,
+        help="measure once per BLAS kernel, each in a subprocess",
+    )
+    p.add_argument(
+        "--bundled-seeds",
+        type=int,
+        default=None,
+        help="seeds for the (slow) bundled BLAS (default: --seeds)",
+    )
+    p.add_argument("--json", type=Path, help="also write the statistics here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.kernels:
+        return across_kernels(args, argv if argv is not None else sys.argv[1:])
     pipe = E.load_toy(args.model)
     names = args.only or list(E.EXPERIMENTS) + ["lora"]
     lora_file = args.lora
@@ -59,6 +92,7 @@ def main(argv=None) -> int:
             f"{np.mean(res.losses[-5:]):.4f}, {lora_file.stat().st_size} bytes"
         )
     results: Dict[str, Dict[str, List[np.ndarray]]] = {}
+    stats: Stats = {}
     t0 = time.perf_counter()
     for seed in range(args.seeds):
         runs = E.Runs(pipe, args.n, seed, args.steps, args.cfg)
@@ -68,10 +102,13 @@ def main(argv=None) -> int:
             )
             for key, values in out.items():
                 results.setdefault(name, {}).setdefault(key, []).append(values)
+            for stat, (experiment, _) in E.STATISTICS.items():
+                if experiment == name:
+                    stats.setdefault(stat, []).append(E.statistic(stat, out))
     seconds = time.perf_counter() - t0
     print(
         f"\n{args.seeds} seed(s) x {args.n} images, {args.steps} steps, cfg {args.cfg}"
-        f" ({seconds:.0f} s)\n"
+        f" ({seconds:.0f} s; BLAS fingerprint {blas.fingerprint()})\n"
     )
     print("| effect | measure | mean | spread | per seed |")
     print("|---|---|---|---|---|")
@@ -83,8 +120,79 @@ def main(argv=None) -> int:
             if len(runs_values[0]) == 1:
                 sd = E.summary([v[0] for v in runs_values])[1]
             print(f"| {name} | {key} | {mean:+.3f} | {sd:.3f} | {per_seed} |")
+    print("\n| statistic (tests/test_effects.py) | per seed | min | max |")
+    print("|---|---|---|---|")
+    for stat, values in stats.items():
+        print(
+            f"| {stat} | {' '.join(f'{v:+.3f}' for v in values)} "
+            f"| {np.nanmin(values):+.3f} | {np.nanmax(values):+.3f} |"
+        )
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(dict(fingerprint=blas.fingerprint(), stats=stats)) + "\n"
+        )
     if tmp is not None:
         tmp.cleanup()
+    return 0
+
+
+def _without(argv: List[str], option: str, takes_values: bool) -> List[str]:
+    """argv with option (and, if takes_values, the values after it) removed."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg == option or arg.startswith(option + "="):
+            skipping = takes_values and "=" not in arg
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        out.append(arg)
+    return out
+
+
+def across_kernels(args: argparse.Namespace, argv: List[str]) -> int:
+    """Run this tool once per kernel in a subprocess; print the statistics' spread."""
+    argv = _without(_without(argv, "--kernels", True), "--json", True)
+    argv = _without(argv, "--bundled-seeds", True)
+    results: Dict[str, Stats] = {}
+    prints: Dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kernel in args.kernels:
+            out = Path(tmp) / f"{kernel}.json"
+            extra = []
+            if kernel == blas.BUNDLED and args.bundled_seeds is not None:
+                extra = ["--seeds", str(args.bundled_seeds)]
+            t0 = time.perf_counter()
+            subprocess.run(
+                [sys.executable, __file__, *argv, *extra, "--json", str(out)],
+                env=blas.kernel_env(kernel),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            data = json.loads(out.read_text())
+            results[kernel], prints[kernel] = data["stats"], data["fingerprint"]
+            print(
+                f"{kernel}: {time.perf_counter() - t0:.0f} s, BLAS fingerprint "
+                f"{data['fingerprint']}",
+                flush=True,
+            )
+    kernels = list(results)
+    print(
+        f"\n{args.n} images per run, {args.steps} steps, cfg {args.cfg}; "
+        "per kernel: the values over seeds 0, 1, ...\n"
+    )
+    print(f"| statistic | {' | '.join(kernels)} | min | max |")
+    print("|---" * (len(kernels) + 3) + "|")
+    for stat in results[kernels[0]]:
+        cells, values = [], []
+        for kernel in kernels:
+            vs = results[kernel].get(stat, [])
+            values += vs
+            cells.append(" ".join(f"{v:+.2f}" for v in vs))
+        print(
+            f"| {stat} | {' | '.join(cells)} | {np.nanmin(values):+.3f} "
+            f"| {np.nanmax(values):+.3f} |"
+        )
     return 0
 
 

@@ -50,12 +50,25 @@ def main(argv=None) -> int:
         default=defaults.partial_captions,
         help="share of single-object captions shortened (no colour/position)",
     )
+    parser.add_argument(
+        "--unet-norm-groups",
+        type=int,
+        default=defaults.unet_norm_groups,
+        help="GroupNorm groups of the UNet (run 6: 8, which upstream's "
+        "Transformer2D ignores; diffusers does not)",
+    )
     parser.add_argument("--weight-clip", type=float, default=defaults.weight_clip)
     parser.add_argument(
         "--vae-from",
         type=Path,
         help="reuse the autoencoder of an earlier run (same seed) instead of stage 1",
     )
+    parser.add_argument(
+        "--weights-from",
+        type=Path,
+        help="start the UNet and text encoder from an earlier run's weights",
+    )
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -70,6 +83,8 @@ def main(argv=None) -> int:
         weight_clip=args.weight_clip,
         text_layers=args.text_layers,
         partial_captions=args.partial_captions,
+        warmup=args.warmup,
+        unet_norm_groups=args.unet_norm_groups,
     )
     from tqdm import tqdm
 
@@ -89,7 +104,7 @@ def main(argv=None) -> int:
 
     start = time.time()
     sd = upstream.load(patched=True)
-    pipe, configs, log = train.train(sd, cfg, report, args.vae_from)
+    pipe, configs, log = train.train(sd, cfg, report, args.vae_from, args.weights_from)
     folder.save_pipeline(
         pipe, args.out, configs.unet, configs.text, configs.vae, cfg.image_size
     )
@@ -101,6 +116,8 @@ def main(argv=None) -> int:
         config=log["config"],
         params=log["params"],
         scaling_factor=log["scaling_factor"],
+        vae_from=None if args.vae_from is None else str(args.vae_from),
+        weights_from=None if args.weights_from is None else str(args.weights_from),
         seconds=dict(
             vae=round(log["vae_seconds"], 1),
             unet=round(log["unet_seconds"], 1),

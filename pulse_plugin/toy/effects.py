@@ -313,6 +313,44 @@ def regional(runs: Runs) -> Dict[str, np.ndarray]:
     return out
 
 
+def regional_single(runs: Runs) -> Dict[str, np.ndarray]:
+    """One object: "a red circle on the left" with BLUE_LEFT injected into the left half.
+
+    Outside its mask regional injection leaves the base prompt in force,
+    colour word included; on this model the colour word acts through the
+    whole image, and the red still attended to in the right half draws a
+    second object there. Taking "red" out of the right half's attention
+    (``mask_tokens(..., mask="right")``) is the remedy measured here. Keys
+    ``{baseline, left half, left half + red masked right}: {left blueness,
+    share in right half}`` (blueness of the left half's drawn pixels; share of
+    all drawn pixels that lie in the right half).
+    """
+    size = runs.get(RED_LEFT).shape[1]
+    left, right = half_mask("left", size), half_mask("right", size)
+
+    def remedied(p):
+        p.regional(BLUE_LEFT, "left")
+        p.mask_tokens("red", mask="right")
+
+    out = {}
+    for name, images in (
+        ("baseline", runs.get(RED_LEFT)),
+        (
+            "left half",
+            runs.pulse(
+                RED_LEFT, "regional left", lambda p: p.regional(BLUE_LEFT, "left")
+            ),
+        ),
+        (
+            "left half + red masked right",
+            runs.pulse(RED_LEFT, "regional left, red masked right", remedied),
+        ),
+    ):
+        out[f"{name}: left blueness"] = blueness(images, left)
+        out[f"{name}: share in right half"] = foreground_fraction(images, right)
+    return out
+
+
 def token_weights(runs: Runs) -> Dict[str, np.ndarray]:
     """Blue score of "a blue circle on the left" with "blue" masked, weighted x0.3 and x3.
 
@@ -475,7 +513,147 @@ def lora(runs: Runs, lora_file) -> Dict[str, np.ndarray]:
 EXPERIMENTS = {
     "injection": injection,
     "regional": regional,
+    "regional_single": regional_single,
     "tokens": token_weights,
     "bending": bending,
     "capture": capture,
 }
+
+
+# --------------------------------------------------------------- statistics
+# What tests/test_effects.py asserts, one number per experiment output: the
+# tests compare these with their thresholds, tools/measure_effects.py prints
+# their spread over seeds and BLAS kernels.
+
+
+def mean(values) -> float:
+    """Mean ignoring NaNs."""
+    return summary(values)[0]
+
+
+def shift(out: Dict[str, np.ndarray], after: str, before: str = "baseline") -> float:
+    """mean(after) - mean(before)."""
+    return mean(out[after]) - mean(out[before])
+
+
+def moved_share(
+    out: Dict[str, np.ndarray], after: str, sign: float, before: str = "baseline"
+) -> float:
+    """Share of images whose value moved in sign's direction (image by image)."""
+    return float((np.sign(sign) * (out[after] - out[before]) > 0).mean())
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _mask_share(side: str) -> Callable[[Dict[str, np.ndarray]], float]:
+    return lambda r: mean(r[f"regional_mask {side}: share in {side} half"])
+
+
+def _mask_gain(side: str) -> Callable[[Dict[str, np.ndarray]], float]:
+    return lambda r: _mask_share(side)(r) - mean(r[f"unbent: share in {side} half"])
+
+
+Statistic = Tuple[str, Callable[[Dict[str, np.ndarray]], float]]
+STATISTICS: Dict[str, Statistic] = {
+    "injection shift": ("injection", lambda r: shift(r, "all blocks")),
+    "injection moved": ("injection", lambda r: moved_share(r, "all blocks", 1)),
+    "injection blueness": ("injection", lambda r: mean(r["all blocks"])),
+    "injection empty window identical": (
+        "injection",
+        lambda r: float(r["empty window identical"][0]),
+    ),
+    "injection mid / all": (
+        "injection",
+        lambda r: _ratio(shift(r, PARTIAL_BLOCKS), shift(r, "all blocks")),
+    ),
+    "regional left blue shift, everywhere": (
+        "regional",
+        lambda r: shift(r, "everywhere: left blue", "baseline: left blue"),
+    ),
+    "regional right green shift, everywhere": (
+        "regional",
+        lambda r: shift(r, "everywhere: right green", "baseline: right green"),
+    ),
+    "regional left / everywhere, left blue": (
+        "regional",
+        lambda r: _ratio(
+            shift(r, "left half: left blue", "baseline: left blue"),
+            shift(r, "everywhere: left blue", "baseline: left blue"),
+        ),
+    ),
+    "regional left / everywhere, right green": (
+        "regional",
+        lambda r: _ratio(
+            shift(r, "left half: right green", "baseline: right green"),
+            shift(r, "everywhere: right green", "baseline: right green"),
+        ),
+    ),
+    "single: left blueness shift": (
+        "regional_single",
+        lambda r: shift(r, "left half: left blueness", "baseline: left blueness"),
+    ),
+    "single: right share rise": (
+        "regional_single",
+        lambda r: shift(
+            r, "left half: share in right half", "baseline: share in right half"
+        ),
+    ),
+    "single, red masked right: left blueness shift": (
+        "regional_single",
+        lambda r: shift(
+            r,
+            "left half + red masked right: left blueness",
+            "baseline: left blueness",
+        ),
+    ),
+    "single, red masked right: right share change, abs": (
+        "regional_single",
+        lambda r: abs(
+            shift(
+                r,
+                "left half + red masked right: share in right half",
+                "baseline: share in right half",
+            )
+        ),
+    ),
+    "masked shift": ("tokens", lambda r: shift(r, "masked")),
+    "masked moved": ("tokens", lambda r: moved_share(r, "masked", -1)),
+    "x0.3 shift": ("tokens", lambda r: shift(r, "down-weighted x0.3")),
+    "x0.3 moved": ("tokens", lambda r: moved_share(r, "down-weighted x0.3", -1)),
+    "x3 shift": ("tokens", lambda r: shift(r, "up-weighted x3")),
+    "x3 moved": ("tokens", lambda r: moved_share(r, "up-weighted x3", 1)),
+    "translate x gain": (
+        "bending",
+        lambda r: shift(r, "translate: object x", "baseline: object x"),
+    ),
+    "translate share right": (
+        "bending",
+        lambda r: mean(r["translate: share in right half"]),
+    ),
+    "flip x gain": (
+        "bending",
+        lambda r: shift(r, "flip: object x", "baseline: object x"),
+    ),
+    "flip share right": ("bending", lambda r: mean(r["flip: share in right half"])),
+}
+STATISTICS.update(
+    {
+        f"regional_mask {side} {what}": ("bending", fn)
+        for side in ("right", "left")
+        for what, fn in (
+            ("gain", _mask_gain(side)),
+            ("share", _mask_share(side)),
+        )
+    }
+)
+STATISTICS["capture circle on/off"] = (
+    "capture",
+    lambda r: mean(r["circle: on/off object"]),
+)
+
+
+def statistic(name: str, out: Dict[str, np.ndarray]) -> float:
+    """STATISTICS[name] of its experiment's output."""
+    return STATISTICS[name][1](out)

@@ -206,6 +206,10 @@ def scheduler_config_json(config) -> dict:
         "beta_schedule": config.beta_schedule,
         "num_train_timesteps": config.num_train_steps,
         "prediction_type": "epsilon",
+        # upstream samples t = linspace(T, 0, steps + 1): diffusers' linspace
+        # spacing (which ignores steps_offset; 1 is what diffusers asks for)
+        "timestep_spacing": "linspace",
+        "steps_offset": 1,
     }
 
 
@@ -223,13 +227,37 @@ def _save_weights(path: Path, weights: Dict[str, mx.array], dtype=mx.float32) ->
     mx.save_safetensors(str(path), weights, metadata={"format": "pt"})
 
 
-def save_tokenizer(folder: Path, tokenizer) -> None:
-    """vocab.json and merges.txt (with the header line upstream skips)."""
+def tokenizer_config_json(tokenizer, max_length: int) -> dict:
+    """transformers' CLIPTokenizer config: upstream's special tokens and padding.
+
+    Upstream pads a batch with id 0, so id 0's token is the pad token (as in
+    SD 2.x folders); ``model_max_length`` is the text encoder's position count.
+    """
+    pad = next(token for token, i in tokenizer.vocab.items() if i == 0)
+    return {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": max_length,
+        "bos_token": tokenizer.bos,
+        "eos_token": tokenizer.eos,
+        "unk_token": tokenizer.eos,
+        "pad_token": pad,
+        "do_lower_case": True,
+        "errors": "replace",
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": True,
+    }
+
+
+def save_tokenizer(folder: Path, tokenizer, max_length: int = 77) -> None:
+    """vocab.json, merges.txt (with the header line upstream skips), tokenizer_config.json."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(tokenizer.vocab, indent=0) + "\n")
     merges = sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])
     lines = ["#version: 0.2"] + [f"{a} {b}" for (a, b), _ in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+    _write_json(
+        folder / "tokenizer_config.json", tokenizer_config_json(tokenizer, max_length)
+    )
 
 
 def _params(module) -> Dict[str, mx.array]:
@@ -275,7 +303,11 @@ def save_pipeline(
             text_encoder_to_diffusers(_params(encoder)),
             dtype,
         )
-        save_tokenizer(folder / name.replace("text_encoder", "tokenizer"), tokenizer)
+        save_tokenizer(
+            folder / name.replace("text_encoder", "tokenizer"),
+            tokenizer,
+            cfg.max_length,
+        )
     _write_json(
         folder / "vae" / "config.json", vae_config_json(vae_config, sample_size)
     )
@@ -296,6 +328,13 @@ def save_pipeline(
         "vae": ["diffusers", "AutoencoderKL"],
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],
     }
+    if not sdxl:
+        # what diffusers writes for a pipeline saved without a safety checker
+        index.update(
+            safety_checker=[None, None],
+            feature_extractor=[None, None],
+            requires_safety_checker=False,
+        )
     for name, *_ in encoders:
         index[name] = ["transformers", "CLIPTextModel"]
         index[name.replace("text_encoder", "tokenizer")] = [

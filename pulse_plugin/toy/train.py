@@ -60,7 +60,12 @@ class ToyConfig:
     # no transformer layers: each word's information stays at its own token
     # (with causal layers it reached every later token; TRAINING_NOTES.md)
     text_layers: int = 0
-    norm_groups: int = 8
+    # upstream's Transformer2D always normalises with 32 groups, whatever the
+    # config says; the UNet uses 32 everywhere so that its config describes it
+    # (diffusers builds the same model from the folder). The autoencoder
+    # honours its config's value everywhere; its 16-channel level needs <= 16.
+    unet_norm_groups: int = 32
+    vae_norm_groups: int = 8
     unet_steps: int = 4000
     unet_batch: int = 16
     unet_lr: float = 1.5e-3
@@ -99,7 +104,7 @@ def build(sd: ModuleType, cfg: ToyConfig):
         transformer_layers_per_block=(1,) * n,
         num_attention_heads=(cfg.heads,) * n,
         cross_attention_dim=(cfg.text_dims,) * n,
-        norm_num_groups=cfg.norm_groups,
+        norm_num_groups=cfg.unet_norm_groups,
         down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n,
         in_channels=cfg.latent_channels,
@@ -119,7 +124,7 @@ def build(sd: ModuleType, cfg: ToyConfig):
         latent_channels_in=cfg.latent_channels,
         block_out_channels=tuple(cfg.vae_channels),
         layers_per_block=cfg.vae_layers,
-        norm_num_groups=cfg.norm_groups,
+        norm_num_groups=cfg.vae_norm_groups,
         scaling_factor=1.0,
     )
     pipe = sd.StableDiffusion.__new__(sd.StableDiffusion)
@@ -345,16 +350,43 @@ def train_unet(
     return losses
 
 
+def init_from(sd: ModuleType, pipe, folder) -> None:
+    """Start pipe's UNet and text encoder from a model folder's weights (same shapes).
+
+    Only the weights are taken; the architecture stays the one ``build``
+    made (for example more GroupNorm groups than the folder's config).
+    """
+    from . import folder as toy_folder
+
+    unet = toy_folder.load_unet(sd, Path(folder) / "unet")
+    text = toy_folder.load_text_encoder(sd, Path(folder) / "text_encoder")
+    for name, (ours, theirs) in (
+        ("unet", (pipe.unet, unet)),
+        ("text_encoder", (pipe.text_encoder, text)),
+    ):
+        mine = dict(tree_flatten(ours.parameters()))
+        given = dict(tree_flatten(theirs.parameters()))
+        if {k: v.shape for k, v in mine.items()} != {
+            k: v.shape for k, v in given.items()
+        }:
+            raise ValueError(f"{folder}/{name}: weights do not fit the model built")
+        ours.update(theirs.parameters())
+    mx.eval(pipe.unet.parameters(), pipe.text_encoder.parameters())
+
+
 def train(
     sd: ModuleType,
     cfg: ToyConfig,
     report: Optional[Report] = None,
     vae_from=None,
+    weights_from=None,
 ) -> Tuple[object, Configs, Dict[str, object]]:
     """Build and train the whole toy model; returns (pipe, configs, log).
 
     ``vae_from``: a model folder whose autoencoder (trained by an earlier run
     with the same seed and autoencoder settings) replaces stage 1.
+    ``weights_from``: a model folder whose UNet and text encoder weights
+    (same shapes) start stage 2 instead of a random initialisation.
     """
     t0 = time.time()
     pipe, configs = build(sd, cfg)
@@ -376,6 +408,8 @@ def train(
     scale = 1.0
     configs.vae.scaling_factor = scale
     partial = {i: s[0].partial_phrases() for i, s in enumerate(scenes) if len(s) == 1}
+    if weights_from is not None:
+        init_from(sd, pipe, weights_from)
     unet_losses = train_unet(pipe, latents, captions, cfg, report, partial)
     t2 = time.time()
     log = dict(
