@@ -9,6 +9,7 @@ from PIL import Image
 
 from pulse_plugin import cli, models
 from pulse_plugin.lora import synth
+from pulse_plugin.models import load_pipeline
 from pulse_plugin.toy import folder, train
 
 PROMPT = "a red circle on the left"
@@ -21,7 +22,6 @@ def model_dir(tmp_path_factory, sd):
         vae_channels=(32, 32),
         text_dims=32,
         heads=2,
-        norm_groups=32,
     )
     pipe, configs = train.build(sd, cfg)
     out = tmp_path_factory.mktemp("model") / "small"
@@ -165,7 +165,7 @@ def test_blocks_lists_sites_and_every_selector(model_dir, capsys):
     assert run("blocks", "--model", model_dir) == 0
     out = capsys.readouterr().out
     assert "down.0.0.0" in out and "mid.0.0" in out
-    pipe = folder.load_pipeline(model_dir)
+    pipe = load_pipeline(model_dir)
     listed = selectors.names(selectors.describe(pipe.unet))
     for name in ("structure", "mid-level", "detail", "level:0", "down", "middle:0"):
         assert name in listed

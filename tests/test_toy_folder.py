@@ -15,7 +15,6 @@ SMALL = train.ToyConfig(
     seed=5,
     vae_channels=(32, 32),
     unet_channels=(32, 64),
-    norm_groups=32,  # upstream's Transformer2D always uses 32 groups
     text_dims=32,
     text_layers=2,
     heads=2,

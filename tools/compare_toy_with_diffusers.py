@@ -6,7 +6,7 @@
 
 Needs a second Python with torch, diffusers and transformers (default
 /work/refenv/bin/python, ``--refenv``); CI does not run it. The project's side
-(upstream's MLX classes through ``pulse_plugin.toy.folder.load_pipeline``) and
+(upstream's MLX classes through ``pulse_plugin.models.load_pipeline``) and
 diffusers' side (``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel``,
 ``CLIPTokenizer`` and ``StableDiffusionPipeline``, each ``from_pretrained`` on the
 folder as it is) get the same seeded inputs; the script prints each part's max
@@ -124,9 +124,9 @@ def project_side(folder: Path, inputs: dict, prompts) -> dict:
     """The same forwards through upstream's MLX classes loaded by the project."""
     import mlx.core as mx
 
-    from pulse_plugin.toy import folder as toy_folder
+    from pulse_plugin.models import load_pipeline
 
-    pipe = toy_folder.load_pipeline(folder)
+    pipe = load_pipeline(folder)
     out = {}
     for i, prompt in enumerate(prompts):
         ids = np.array(pipe.tokenizer.tokenize(prompt), np.int64)

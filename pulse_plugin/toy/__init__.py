@@ -29,10 +29,11 @@ def load(path: Optional[Union[str, Path]] = None):
     Its ``generate_latents`` defaults to the model's own latent size (8x8 for the
     toy's 32 px images) instead of upstream's 64x64; ``latent_size=`` overrides it.
     """
-    from . import effects, folder
+    from ..models import latent_size
+    from . import effects
 
     pipe = effects.load_toy(path)
-    size = folder.latent_size(pipe, folder=effects.model_path(path))
+    size = latent_size(pipe, folder=effects.model_path(path))
     pipe.generate_latents = functools.partial(pipe.generate_latents, latent_size=size)
     return pipe
 
