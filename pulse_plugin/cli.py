@@ -471,6 +471,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--model", help="'toy' (default) or a diffusers-layout folder")
     b.set_defaults(func=cmd_blocks)
+
+    from .lora import train as lora_train
+
+    t = sub.add_parser(
+        "train-lora",
+        help="train a LoRA on a folder of captioned images",
+        description="Train a LoRA (attention layers by default) on a folder of image + "
+        "caption files, on the toy model (default), a diffusers-layout folder or a "
+        "single-file checkpoint; the file it writes loads with pulse generate --lora.",
+    )
+    lora_train.add_arguments(t)
+    t.set_defaults(func=lora_train.run)
     return parser
 
 
