@@ -142,7 +142,7 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
             phase = "apply" if bends.apply_to_output else "visualise only"
             done += [f"bend ({phase}): {b.label}" for b in bends.bends]
         with loras_applied(pipe, recipe, done):
-            image = _generate_or_capture(pipe, clean, recipe, label, done)
+            image = _generate_or_capture(pipe, clean, recipe, label, done, bender)
         if bender is not None:
             bender.flush()
     return image, done
@@ -178,7 +178,7 @@ def bending_settings(recipe: Recipe):
 
 
 def _generate_or_capture(
-    pipe, s: Settings, recipe: Recipe, label: str, done: List[str]
+    pipe, s: Settings, recipe: Recipe, label: str, done: List[str], bender=None
 ):
     entries = recipe.techniques.get("capture", [])
     if not entries:
@@ -199,8 +199,9 @@ def _generate_or_capture(
         seed=s.seed,
         negative_text=s.negative,
         blocks=entries[0].get("blocks"),
+        bends=bender,
     )
-    done.append(f"capture: {result.folder}/index.html")
+    done.append(f"capture: {result.folder.parent / 'index.html'} (run {result.folder})")
     return (result.image * 255).round().astype("uint8")
 
 
