@@ -462,8 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--lora-steps",
         type=int,
-        default=40,
-        help="train the demo's recolouring LoRA this many steps on the toy model (0: skip)",
+        default=None,
+        help="train the demo's recolouring LoRA this many steps on the toy model "
+        "(default 150; 0: skip)",
     )
     d.set_defaults(func=cmd_demo)
 
