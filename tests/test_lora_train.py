@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlx.core as mx
 import numpy as np
@@ -189,6 +190,12 @@ def test_train_lora_command_on_the_toy_model(recolour_data, tmp_path, capsys):
     assert T.main(args[1:] + ["--steps", "6", "--resume", "latest"]) == 0
     assert L.load_lora(out).metadata["ss_steps"] == "6"
     assert not list(tmp_path.glob(".*partial*"))
+    changed = tmp_path / "changed"
+    shutil.copytree(recolour_data, changed)
+    (changed / "00.txt").write_text("a green circle on the left\n")
+    argv = [str(changed), *args[2:], "--steps", "8", "--resume", "latest"]
+    assert T.main(argv) == 2
+    assert "trained on other images or captions" in capsys.readouterr().err
 
     prompt = ["generate", "a red circle on the left", "--steps", "4"]
     assert cli.main(prompt + ["-o", str(tmp_path / "plain.png")]) == 0

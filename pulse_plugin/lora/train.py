@@ -330,9 +330,13 @@ def save_checkpoint(
     config: TrainConfig,
     step: int,
     losses: List[float],
-    examples: Sequence[Example],
+    n: int,
+    dataset: str,
 ) -> Path:
-    """Adapter arrays + optimizer state (exact resume) and a loadable LoRA file for ``step``."""
+    """Adapter arrays + optimizer state (exact resume) and a loadable LoRA file for ``step``.
+
+    ``n`` is the number of training images, ``dataset`` their dataset_fingerprint.
+    """
     folder = config.checkpoints()
     tensors = {}
     for (component, path), a in _trained_adapters(pipe).items():
@@ -344,16 +348,14 @@ def save_checkpoint(
         "step": str(step),
         "config": json.dumps(asdict(config)),
         "losses": json.dumps(losses),
-        "dataset": dataset_fingerprint(examples),
+        "dataset": dataset,
     }
     write_atomically(
         folder / f"step_{step:06d}.lora.safetensors",
         lambda tmp: save_lora(
             current_lora(pipe, config),
             tmp,
-            metadata=_metadata(
-                config, step, len(examples), losses[-1] if losses else None
-            ),
+            metadata=_metadata(config, step, n, losses[-1] if losses else None),
         ),
     )
     # the resume file last: "latest" never finds one without its LoRA file
@@ -387,7 +389,7 @@ def _checkpoint_meta(path: Path, meta: Dict[str, str]) -> Tuple[int, dict, list,
 
 
 def load_checkpoint(
-    pipe, optimizer, config: TrainConfig, examples: Sequence[Example]
+    pipe, optimizer, config: TrainConfig, dataset: str
 ) -> Tuple[int, List[float]]:
     """Restore adapter arrays and optimizer state; returns (step, losses so far)."""
     path = _find_checkpoint(config)
@@ -395,7 +397,7 @@ def load_checkpoint(
         tensors, meta = tensorfile.load(path)
     except tensorfile.TensorFileError as exc:
         raise LoRAError(str(exc)) from None
-    step, saved, losses, dataset = _checkpoint_meta(path, meta)
+    step, saved, losses, saved_dataset = _checkpoint_meta(path, meta)
     now = asdict(config)
     for key in RESUME_FIELDS:
         if list(np.atleast_1d(saved.get(key))) != list(np.atleast_1d(now[key])):
@@ -403,7 +405,7 @@ def load_checkpoint(
                 f"{path}: checkpoint has {key}={saved.get(key)!r} but this run has "
                 f"{now[key]!r}"
             )
-    if dataset != dataset_fingerprint(examples):
+    if saved_dataset != dataset:
         raise LoRAError(
             f"{path}: checkpoint was trained on other images or captions than this dataset"
         )
@@ -479,6 +481,11 @@ def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
     paths = synth.target_paths(pipe.unet, config.targets)
     if not paths:
         raise LoRAError(f"no UNet layer matches targets {config.targets}")
+    dataset = (
+        dataset_fingerprint(examples)
+        if config.resume or config.checkpoint_every
+        else ""
+    )
     latents = encode_images(pipe, examples, config.resolution)
     cond, pooled = encode_text(pipe, [ex.caption for ex in examples])
     res = float(config.resolution)
@@ -507,7 +514,7 @@ def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
         loss_and_grad = nn.value_and_grad(unet, loss_fn)
         start, losses = 0, []
         if config.resume:
-            start, losses = load_checkpoint(pipe, optimizer, config, examples)
+            start, losses = load_checkpoint(pipe, optimizer, config, dataset)
         n = len(examples)
         if config.progress:
             from tqdm import tqdm
@@ -551,7 +558,7 @@ def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
                 bar.update(1)
             done = step + 1
             if config.checkpoint_every and done % config.checkpoint_every == 0:
-                save_checkpoint(pipe, optimizer, config, done, losses, examples)
+                save_checkpoint(pipe, optimizer, config, done, losses, n, dataset)
         steps_run = config.steps - start
         seconds = (time.perf_counter() - tic) / max(steps_run, 1)
         out = Path(config.output)
