@@ -256,3 +256,13 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         T.write_atomically(tmp_path / "a.safetensors", write)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_lora_help(capsys):
+    from pulse_plugin import cli
+
+    for argv in (["train-lora", "--help"], ["--help"]):
+        with pytest.raises(SystemExit) as exit:
+            cli.main(argv) if argv[0] == "train-lora" else T.main(argv)
+        assert exit.value.code == 0
+        assert "--checkpoint-every" in capsys.readouterr().out
