@@ -201,9 +201,9 @@ def lora_demo(pipe, out: Path, steps: int = LORA_STEPS) -> Demo:
         "a red circle on the left",
         f"A rank-4 attention LoRA trained here for {steps} steps on blue circles captioned "
         f"'a red circle ...' ({LORA_FILE}), applied as a runtime adapter at weights "
-        f"{weights}: the circle goes from red to the blue it was trained on, more so at "
-        "each weight (on the way the toy model, which knows only its palette, passes through "
-        "brown and green).",
+        f"{weights}: as the weight rises the circle goes from red to the blue it was "
+        "trained on, never back (little changes at 0.25; on the way the toy model, which "
+        "knows only its palette, passes through brown and green).",
         variants=[
             (f"weight {w:g}", {"lora": [{"path": LORA_FILE, "weight": w}]})
             for w in LORA_WEIGHTS
