@@ -178,7 +178,7 @@ def generate_with(pipe, s: Settings, recipe: Recipe, label: str = "with techniqu
             phase = "apply" if bends.apply_to_output else "visualise only"
             done += [f"bend ({phase}): {b.label}" for b in bends.bends]
         with loras_applied(pipe, recipe, done):
-            image = _generate_or_capture(pipe, clean, recipe, label, done)
+            image = _generate_or_capture(pipe, clean, recipe, label, done, bender)
         if bender is not None:
             bender.flush()
     return image, done
@@ -208,7 +208,7 @@ def bending_settings(recipe: Recipe):
 
 
 def _generate_or_capture(
-    pipe, s: Settings, recipe: Recipe, label: str, done: List[str]
+    pipe, s: Settings, recipe: Recipe, label: str, done: List[str], bender=None
 ):
     capture = recipe.capture
     if capture is None:
@@ -225,8 +225,9 @@ def _generate_or_capture(
         seed=s.seed,
         negative_text=s.negative,
         blocks=capture.blocks,
+        bends=bender,
     )
-    done.append(f"capture: {result.folder}/index.html")
+    done.append(f"capture: {result.folder.parent / 'index.html'} (run {result.folder})")
     return (result.image * 255).round().astype("uint8")
 
 
@@ -670,8 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--lora-steps",
         type=int,
-        default=40,
-        help="train the demo's recolouring LoRA this many steps on the toy model (0: skip)",
+        default=None,
+        help="train the demo's recolouring LoRA this many steps on the toy model "
+        "(default 150; 0: skip)",
     )
     d.set_defaults(func=cmd_demo)
 
@@ -732,6 +734,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--model", help="'toy' (default) or a diffusers-layout folder")
     b.set_defaults(func=cmd_blocks)
+
+    from .lora import train as lora_train
+
+    t = sub.add_parser(
+        "train-lora",
+        help="train a LoRA on a folder of captioned images",
+        description="Train a LoRA (attention layers by default) on a folder of image + "
+        "caption files, on the toy model (default), a diffusers-layout folder or a "
+        "single-file checkpoint; the file it writes loads with pulse generate --lora.",
+    )
+    lora_train.add_arguments(t)
+    t.set_defaults(func=lora_train.run)
     return parser
 
 

@@ -96,3 +96,46 @@ def test_capture_sees_applied_bends_and_visualised_bends_keep_the_image(
 def test_noise_percent():
     assert noise_percent(999.0, 999.0) == 100 and noise_percent(None, 1.0) is None
     assert noise_percent(249.75, 999.0) == 25
+
+
+def test_cli_capture_records_a_visualise_only_bend_as_pictures(tmp_path, capsys):
+    """--bend --capture on the toy model: the printed index exists, the bend is in the
+    metadata, and the bent maps are drawn beside the originals."""
+    import re
+
+    from pulse_plugin import cli
+
+    bend = tmp_path / "bend.json"
+    keep_left = {"token": "circle", "mode": "regional_mask", "region": [0, 0, 0.5, 1]}
+    bend.write_text(json.dumps({"configs": [keep_left]}))  # visualise only
+    argv = ["generate", "a red circle on the right", "--steps", "3"]
+    assert cli.main(argv + ["-o", str(tmp_path / "plain.png")]) == 0
+    capsys.readouterr()
+    argv[1] = "a red (circle) on the right"
+    argv += ["--bend", str(bend), "--capture", str(tmp_path / "g")]
+    assert cli.main(argv + ["-o", str(tmp_path / "bent.png")]) == 0
+    printed = re.search(r"capture: (\S+)", capsys.readouterr().out).group(1)
+    assert printed == str(tmp_path / "g" / "index.html")
+    page = (tmp_path / "g" / "index.html").read_text()
+    (run,) = [p for p in (tmp_path / "g").iterdir() if p.is_dir()]
+    meta = json.loads((run / "metadata.json").read_text())
+    bending = meta["bending"]
+    assert bending["phase"] == "visualise only" and bending["records"] > 0
+    assert [(b["token"], b["mode"]) for b in bending["bends"]] == [
+        ("circle", "regional_mask")
+    ]
+    assert bending["pictures"] == ["bend_00_circle-regional-mask.png"]
+    assert f"{run.name}/bend_00_circle-regional-mask.png" in page
+    assert f"{run.name}/evolution.gif" in page
+    plain = np.array(Image.open(tmp_path / "plain.png"))
+    assert np.array_equal(np.array(Image.open(tmp_path / "bent.png")), plain)
+    # original | bent over the same image, one colour scale: the bent map is empty
+    # on the right half, so that half of the bent tile is darker than the original's
+    pic = np.array(Image.open(run / bending["pictures"][0]), np.float32)
+    w = pic.shape[1] // 2
+    body = pic[14:-14]
+    orig_right, bent_right = body[:, w // 2 : w], body[:, w + w // 2 :]
+    assert bent_right.mean() < orig_right.mean() - 10, (
+        bent_right.mean(),
+        orig_right.mean(),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlx.core as mx
 import numpy as np
@@ -155,3 +156,113 @@ def test_cli_check_only(tmp_path, capsys):
     d = make_dataset(tmp_path / "d", n=2)
     assert T.main([str(d), "--resolution", "16", "--check-only"]) == 0
     assert "2 image(s)" in capsys.readouterr().out
+
+
+# ------------------------------------------------ the command (pulse train-lora)
+
+
+@pytest.fixture(scope="module")
+def recolour_data(tmp_path_factory):
+    from pulse_plugin.toy.effects import recolour_dataset
+
+    return recolour_dataset(tmp_path_factory.mktemp("recolour") / "data", n=8)
+
+
+def test_train_lora_command_on_the_toy_model(recolour_data, tmp_path, capsys):
+    """Trains at the toy's 32 px by default, checkpoints, resumes; pulse generate --lora loads it."""
+    from pulse_plugin import cli
+
+    out = tmp_path / "blue.safetensors"
+    args = ["train-lora", str(recolour_data), "-o", str(out), "--lr", "3e-3"]
+    args += ["--batch-size", "4", "--checkpoint-every", "2", "--quiet"]
+    assert cli.main(args + ["--steps", "4"]) == 0
+    assert "training at 32 px on pulse_plugin toy model" in capsys.readouterr().out
+    meta = L.load_lora(out).metadata
+    assert (meta["ss_resolution"], meta["ss_steps"]) == ("32", "4")
+    assert meta["ss_base_model"] == "pulse_plugin toy model"
+    ckpts = tmp_path / "blue_checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "step_000002.lora.safetensors",
+        "step_000002.safetensors",
+        "step_000004.lora.safetensors",
+        "step_000004.safetensors",
+    ]
+    assert T.main(args[1:] + ["--steps", "6", "--resume", "latest"]) == 0
+    assert L.load_lora(out).metadata["ss_steps"] == "6"
+    assert not list(tmp_path.glob(".*partial*"))
+    changed = tmp_path / "changed"
+    shutil.copytree(recolour_data, changed)
+    (changed / "00.txt").write_text("a green circle on the left\n")
+    argv = [str(changed), *args[2:], "--steps", "8", "--resume", "latest"]
+    assert T.main(argv) == 2
+    assert "trained on other images or captions" in capsys.readouterr().err
+
+    prompt = ["generate", "a red circle on the left", "--steps", "4"]
+    assert cli.main(prompt + ["-o", str(tmp_path / "plain.png")]) == 0
+    assert cli.main(prompt + ["--lora", str(out), "-o", str(tmp_path / "l.png")]) == 0
+    assert f"lora: {out} weight 1.0" in capsys.readouterr().out
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    with_lora = np.asarray(Image.open(tmp_path / "l.png"))
+    assert plain.shape == with_lora.shape == (32, 32, 3)
+    assert not np.array_equal(plain, with_lora)  # the LoRA was applied
+
+
+def _bad_inputs(data, tmp):
+    """(arguments after the dataset, message): each a bad input."""
+    other = tmp / "weights.safetensors"
+    return [
+        (["/nonexistent/data"], "/nonexistent/data: dataset folder not found"),
+        ([data, "--model", str(tmp)], f"{tmp}: not a diffusers-layout model folder"),
+        ([data, "--model", str(other)], "single-file checkpoints cannot be loaded"),
+        ([data, "--rank", "0"], "argument --rank: expected a number at least 1"),
+        ([data, "--lr", "nan"], "argument --lr: expected a number above 0, got 'nan'"),
+        ([data, "--steps", "x"], "argument --steps: expected an integer, got 'x'"),
+        ([data, "--targets", "attn,mlp"], "argument --targets: expected a comma list"),
+        ([data, "-o", "out.ckpt"], "expected a file name ending in .safetensors"),
+        ([data, "--resolution", "64"], "00.png: 32x32 is smaller than the training"),
+        ([data, "--resolution", "36"], "--resolution 36: this model takes multiples"),
+        ([data, "--resume", str(tmp / "no.safetensors")], "no.safetensors: checkpoint"),
+        ([data, "--resume", str(other)], "weights.safetensors: not a training checkpo"),
+        ([data, "--resume", "latest"], "out_checkpoints: no checkpoint to resume from"),
+    ]
+
+
+def test_train_lora_command_bad_inputs(recolour_data, tmp_path, capsys):
+    """Each bad input is one message naming the file or argument, exit 2, nothing written."""
+    from pulse_plugin import cli
+
+    mx.save_safetensors(str(tmp_path / "weights.safetensors"), {"x": mx.zeros(2)})
+    out = tmp_path / "out.safetensors"
+    for args, message in _bad_inputs(str(recolour_data), tmp_path):
+        argv = ["train-lora", *args, "-o", str(out), "--steps", "1", "--quiet"]
+        try:
+            rc = cli.main(argv)
+        except SystemExit as exit:  # argparse's own errors
+            rc = exit.code
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err
+        assert not out.exists()
+    assert T.main(["/nonexistent/data", "--quiet"]) == 2  # python -m, the same
+    assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.write_atomically(tmp_path / "a.safetensors", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_lora_help(capsys):
+    from pulse_plugin import cli
+
+    for argv in (["train-lora", "--help"], ["--help"]):
+        with pytest.raises(SystemExit) as exit:
+            cli.main(argv) if argv[0] == "train-lora" else T.main(argv)
+        assert exit.value.code == 0
+        assert "--checkpoint-every" in capsys.readouterr().out

@@ -6,6 +6,7 @@ real cross-attention, then writes a per-run folder under ``out_dir``. Pillow onl
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -18,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import tokens
+from ..bending import transforms as T
 from ..bending.config import BendConfig, BendingSettings
+from ..bending.processor import Bender, BendRecord, parse_prompt
 from ..sampling import decode, default_latent_size, final_latents
 from .recorder import Recorder, StepMaps
 
@@ -56,16 +59,25 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return ((1 - f) * _ANCHORS[i] + f * _ANCHORS[i + 1]).astype(np.uint8)
 
 
-def normalise(m: np.ndarray) -> np.ndarray:
-    """Scale a map to [0, 1] (a constant map becomes zeros)."""
-    lo, hi = float(m.min()), float(m.max())
-    return np.zeros_like(m) if hi - lo <= 1e-12 else (m - lo) / (hi - lo)
+def normalise(
+    m: np.ndarray, limits: Optional[Tuple[float, float]] = None
+) -> np.ndarray:
+    """Scale a map to [0, 1] from its own (or the given) min and max; constant -> zeros."""
+    lo, hi = limits or (float(m.min()), float(m.max()))
+    return np.zeros_like(m) if hi - lo <= 1e-12 else np.clip((m - lo) / (hi - lo), 0, 1)
 
 
-def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.55) -> Image.Image:
+def overlay(
+    image: np.ndarray,
+    m: np.ndarray,
+    alpha: float = 0.55,
+    limits: Optional[Tuple[float, float]] = None,
+) -> Image.Image:
     """A heat map of m resized onto image (H, W, 3 in [0, 1]) with opacity alpha."""
     h, w = image.shape[:2]
-    heat = Image.fromarray(colormap(normalise(m))).resize((w, h), Image.BILINEAR)
+    heat = Image.fromarray(colormap(normalise(m, limits))).resize(
+        (w, h), Image.BILINEAR
+    )
     base = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
     return Image.blend(base, heat, alpha)
 
@@ -141,6 +153,53 @@ def evolution_frames(
     return frames
 
 
+def bend_maps(
+    records: Sequence[BendRecord], size: Tuple[int, int]
+) -> Dict[str, Tuple[np.ndarray, np.ndarray, int]]:
+    """Per bend label: (original, bent) maps averaged over its steps and sites at size, and the count."""
+    sums: Dict[str, List] = {}
+    for r in records:
+        orig = T.resize_bilinear(np.asarray(r.original, np.float32), size)
+        bent = T.resize_bilinear(np.asarray(r.bent, np.float32), size)
+        acc = sums.setdefault(r.label, [0.0, 0.0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + orig, acc[1] + bent, acc[2] + 1
+    return {k: (o / n, b / n, n) for k, (o, b, n) in sums.items()}
+
+
+def bend_picture(
+    image: np.ndarray, original: np.ndarray, bent: np.ndarray, label: str
+) -> Image.Image:
+    """The word's map before and after the bend on the image, side by side, one colour scale."""
+    limits = (
+        min(float(original.min()), float(bent.min())),
+        max(float(original.max()), float(bent.max())),
+    )
+    tiles = [
+        labelled(overlay(image, m, limits=limits), what)
+        for m, what in ((original, "original"), (bent, "bent"))
+    ]
+    pair = grid(tiles, columns=2)
+    out = Image.new("RGB", (pair.width, pair.height + 14), "white")
+    out.paste(pair, (0, 14))
+    ImageDraw.Draw(out).text((2, 1), label[:60], fill="black")
+    return out
+
+
+def write_bend_pictures(
+    folder: Path,
+    image: np.ndarray,
+    records: Sequence[BendRecord],
+    size: Tuple[int, int],
+) -> List[str]:
+    """One bend_NN_<label>.png per bend: its map before | after bending; the file names."""
+    names = []
+    for i, (label, (orig, bent, _)) in enumerate(bend_maps(records, size).items()):
+        name = f"bend_{i:02d}_{slug(label, 30)}.png"
+        bend_picture(image, orig, bent, label).save(folder / name)
+        names.append(name)
+    return names
+
+
 def write_gallery(
     folder: Path,
     image: np.ndarray,
@@ -149,8 +208,10 @@ def write_gallery(
     metadata: Dict,
     max_time: float,
     scale: int = 1,
+    bend_records: Sequence[BendRecord] = (),
 ) -> List[str]:
-    """Write image, overlays (image enlarged by scale), grid, evolution GIF and metadata into folder; the file names."""
+    """Write image, overlays (image enlarged by scale), grid, evolution GIF, bend pictures
+    and metadata into folder; the file names."""
     files = []
     image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
@@ -184,6 +245,10 @@ def write_gallery(
         ),
     )
     files.append("maps.npz")
+    if bend_records:
+        pictures = write_bend_pictures(folder, image, bend_records, recorder.size)
+        files += pictures
+        metadata["bending"]["pictures"] = pictures
     metadata = {**metadata, "files": files + ["metadata.json"]}
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
     files.append("metadata.json")
@@ -194,16 +259,42 @@ def update_index(out_dir: Path, folder: Path, metadata: Dict) -> None:
     """Append the run to out_dir/index.json and rewrite out_dir/index.html."""
     index_path = out_dir / "index.json"
     runs = json.loads(index_path.read_text()) if index_path.exists() else []
+    bending = metadata.get("bending") or {}
     runs.append(
-        {"folder": folder.name, "prompt": metadata["prompt"], "seed": metadata["seed"]}
+        {
+            "folder": folder.name,
+            "prompt": metadata["prompt"],
+            "seed": metadata["seed"],
+            "bend_pictures": bending.get("pictures", []),
+        }
     )
     index_path.write_text(json.dumps(runs, indent=2))
-    rows = "\n".join(
-        f'<p><a href="{r["folder"]}/metadata.json">{r["folder"]}</a>: '
-        f'{r["prompt"]} (seed {r["seed"]})<br><img src="{r["folder"]}/grid.png"></p>'
-        for r in runs
+    (out_dir / "index.html").write_text(index_html(runs), encoding="utf-8")
+
+
+def index_html(runs: Sequence[Dict]) -> str:
+    """The gallery page: per run its grid, evolution GIF, bend pictures and metadata link."""
+    rows = []
+    for r in runs:
+        f = html.escape(r["folder"])
+        bends = "".join(
+            f'<br><img src="{f}/{html.escape(n)}" alt="{html.escape(n)}">'
+            for n in r.get("bend_pictures", [])
+        )
+        rows.append(
+            f"<section><h2>{html.escape(r['prompt'])} (seed {r['seed']})</h2>"
+            f'<p><a href="{f}/metadata.json">metadata</a> · '
+            f'<a href="{f}/evolution.gif">evolution GIF</a> · '
+            f'<a href="{f}/maps.npz">maps.npz</a></p>'
+            f'<img src="{f}/grid.png" alt="per-token maps">'
+            + (f"<p>bends, original | bent:</p>{bends}" if bends else "")
+            + "</section>"
+        )
+    return (
+        "<!doctype html><meta charset=utf-8><title>pulse capture</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
+        "img{image-rendering:pixelated}</style>\n" + "\n".join(rows) + "\n"
     )
-    (out_dir / "index.html").write_text(f"<html><body>\n{rows}\n</body></html>\n")
 
 
 def capture_run(
@@ -217,22 +308,27 @@ def capture_run(
     negative_text: str = "",
     blocks=None,
     map_size: Optional[Tuple[int, int]] = None,
-    bends: Optional[Union[BendingSettings, Sequence[BendConfig]]] = None,
+    bends: Optional[Union[BendingSettings, Sequence[BendConfig], Bender]] = None,
     scale: Optional[int] = None,
 ) -> CaptureResult:
     """Generate with attention capture (and optional bending) and write a gallery folder.
 
     The prompt may mark bendable words in parentheses; they are removed before
     tokenisation. ``blocks`` selects the sites averaged (all by default),
-    ``map_size`` the common map size (the latent size by default); ``latent_size``
+    ``map_size`` the common map size (the latent size by default). ``bends``
+    may also be a Bender the caller has already attached to its Pulse; either
+    way the bends go into the metadata and each bend's maps, before and after
+    bending, into a picture. ``latent_size``
     None is the pipe's own default (upstream's 64x64, the toy's 8x8).
     """
-    from ..bending.processor import Bender, parse_prompt
-
     out_dir = Path(out_dir)
     latent_size = latent_size or default_latent_size(pipe)
     clean, _ = parse_prompt(prompt)
-    bender = Bender(pipe, prompt, bends) if bends is not None else None
+    attached = isinstance(bends, Bender)
+    if attached:
+        bender = bends
+    else:
+        bender = Bender(pipe, prompt, bends) if bends is not None else None
     recorder = Recorder(pipe, tuple(map_size or latent_size), blocks)
     mx.reset_peak_memory()
     t0 = time.perf_counter()
@@ -242,7 +338,7 @@ def capture_run(
         return [*recorder.arrays(), *extra]
 
     with recorder:
-        if bender is not None:
+        if bender is not None and not attached:
             bender.__enter__()
         try:
             x = final_latents(
@@ -257,7 +353,10 @@ def capture_run(
             )
         finally:
             if bender is not None:
-                bender.__exit__(None, None, None)
+                if attached:
+                    bender.flush()
+                else:
+                    bender.__exit__(None, None, None)
     seconds = time.perf_counter() - t0
     peak = mx.get_peak_memory()
     image = decode(pipe, x)[0]
@@ -295,7 +394,11 @@ def capture_run(
             if bender is None
             else {
                 "apply_to_output": bender.settings.apply_to_output,
+                "phase": (
+                    "apply" if bender.settings.apply_to_output else "visualise only"
+                ),
                 "bends": [asdict(rb.config) for rb in bender.bends],
+                "records": len(bender.records),
             }
         ),
         "check": {"max_row_sum_error": worst},
@@ -304,6 +407,15 @@ def capture_run(
     }
     scale = scale or max(1, 128 // image.shape[1])  # overlays of at least 128 px
     folder = new_folder(out_dir, clean)
-    files = write_gallery(folder, image, recorder, words, metadata, max_time, scale)
+    files = write_gallery(
+        folder,
+        image,
+        recorder,
+        words,
+        metadata,
+        max_time,
+        scale,
+        bender.records if bender is not None else (),
+    )
     update_index(out_dir, folder, metadata)
     return CaptureResult(folder, image, recorder, words, metadata, files)

@@ -10,12 +10,15 @@ checkpoint takes exactly the same steps as one that never stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -24,11 +27,25 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map_with_path
 from PIL import Image
 
+from .. import tensorfile
 from . import adapters, synth
 from .io import LoRA, LoRAError, LoRALayer, save_lora
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TRAIN_NAME = "__train__"
+TARGET_KINDS = ("attn", "ff", "proj", "conv", "resnet", "all")
+# Config fields a checkpoint must share with the run that resumes it.
+RESUME_FIELDS = (
+    "rank",
+    "alpha",
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "resolution",
+    "seed",
+    "targets",
+    "base_model",
+)
 
 
 class DatasetError(LoRAError):
@@ -71,6 +88,12 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1),
             ("resolution", self.resolution >= 8 and self.resolution % 8 == 0),
             ("checkpoint_every", self.checkpoint_every >= 0),
+            (
+                "weight_decay",
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            ),
+            ("targets", bool(self.targets) and set(self.targets) <= set(TARGET_KINDS)),
+            ("output", Path(self.output).suffix == ".safetensors"),
         ]
         for name, ok in checks:
             if not ok:
@@ -108,9 +131,16 @@ def _read_image(path: Path) -> Image.Image:
         raise DatasetError(f"{path}: unreadable image ({exc})") from None
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable text file ({exc})") from None
+
+
 def _from_metadata(folder: Path, meta: Path) -> List[Tuple[Path, str]]:
     pairs = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(meta).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -144,7 +174,7 @@ def scan_dataset(
                 raise DatasetError(
                     f"{image}: no caption file {caption.name} (or give a metadata.jsonl)"
                 )
-            pairs.append((image, caption.read_text(encoding="utf-8").strip()))
+            pairs.append((image, _read_text(caption).strip()))
     if not pairs:
         raise DatasetError(
             f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) with captions, "
@@ -160,7 +190,7 @@ def scan_dataset(
         if min(w, h) < resolution and not allow_upscale:
             raise DatasetError(
                 f"{image}: {w}x{h} is smaller than the training resolution {resolution} "
-                "(use a smaller resolution or allow_upscale=True)"
+                "(lower the resolution, or allow upscaling: --allow-upscale)"
             )
         out.append(Example(image, caption, (w, h)))
     return out
@@ -254,6 +284,15 @@ def step_keys(seed: int, step: int) -> Tuple[np.random.Generator, mx.array]:
     return np.random.default_rng(int(state[0])), mx.random.key(int(state[1]))
 
 
+def dataset_fingerprint(examples: Sequence[Example]) -> str:
+    """A hash of the images' bytes and captions (a resumed run must train on the same data)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex.image.read_bytes())
+        h.update(b"\0" + ex.caption.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _metadata(
     config: TrainConfig, step: int, n: int, loss: Optional[float]
 ) -> Dict[str, str]:
@@ -273,69 +312,138 @@ def _metadata(
     }
 
 
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
+    """write(tmp) then rename onto path: an interrupted write leaves no partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_checkpoint(
-    pipe, optimizer, config: TrainConfig, step: int, losses: List[float], n: int
+    pipe,
+    optimizer,
+    config: TrainConfig,
+    step: int,
+    losses: List[float],
+    n: int,
+    dataset: str,
 ) -> Path:
-    """Adapter arrays + optimizer state (exact resume) and a loadable LoRA file for ``step``."""
+    """Adapter arrays + optimizer state (exact resume) and a loadable LoRA file for ``step``.
+
+    ``n`` is the number of training images, ``dataset`` their dataset_fingerprint.
+    """
     folder = config.checkpoints()
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for (component, path), a in _trained_adapters(pipe).items():
         tensors[f"adapter:{component}:{path}:down"] = a.down
         tensors[f"adapter:{component}:{path}:up"] = a.up
     for k, v in tree_flatten(optimizer.state):
         tensors[f"optimizer:{k}"] = v
-    path = folder / f"step_{step:06d}.safetensors"
     meta = {
         "step": str(step),
         "config": json.dumps(asdict(config)),
         "losses": json.dumps(losses),
+        "dataset": dataset,
     }
-    mx.save_safetensors(str(path), tensors, metadata=meta)
-    save_lora(
-        current_lora(pipe, config),
+    write_atomically(
         folder / f"step_{step:06d}.lora.safetensors",
-        metadata=_metadata(config, step, n, losses[-1] if losses else None),
+        lambda tmp: save_lora(
+            current_lora(pipe, config),
+            tmp,
+            metadata=_metadata(config, step, n, losses[-1] if losses else None),
+        ),
     )
-    return path
+    # the resume file last: "latest" never finds one without its LoRA file
+    return write_atomically(
+        folder / f"step_{step:06d}.safetensors",
+        lambda tmp: mx.save_safetensors(str(tmp), tensors, metadata=meta),
+    )
 
 
 def _find_checkpoint(config: TrainConfig) -> Path:
     if config.resume != "latest":
-        return Path(config.resume)
+        path = Path(config.resume)
+        if not path.is_file():
+            raise LoRAError(f"{path}: checkpoint not found")
+        return path
     found = sorted(config.checkpoints().glob("step_*[0-9].safetensors"))
     if not found:
         raise LoRAError(f"{config.checkpoints()}: no checkpoint to resume from")
     return found[-1]
 
 
-def load_checkpoint(pipe, optimizer, config: TrainConfig) -> Tuple[int, List[float]]:
+def _checkpoint_meta(path: Path, meta: Dict[str, str]) -> Tuple[int, dict, list, str]:
+    try:
+        step, saved = int(meta["step"]), json.loads(meta["config"])
+        return step, saved, json.loads(meta["losses"]), meta["dataset"]
+    except (KeyError, ValueError, TypeError):
+        raise LoRAError(
+            f"{path}: not a training checkpoint (expected step, config, losses and "
+            "dataset in its metadata)"
+        ) from None
+
+
+def load_checkpoint(
+    pipe, optimizer, config: TrainConfig, dataset: str
+) -> Tuple[int, List[float]]:
     """Restore adapter arrays and optimizer state; returns (step, losses so far)."""
     path = _find_checkpoint(config)
-    if not path.is_file():
-        raise LoRAError(f"{path}: checkpoint not found")
-    tensors, meta = mx.load(str(path), return_metadata=True)
-    saved = json.loads(meta["config"])
-    for key in ("rank", "targets", "resolution", "seed"):
-        if list(np.atleast_1d(saved[key])) != list(np.atleast_1d(getattr(config, key))):
+    try:
+        tensors, meta = tensorfile.load(path)
+    except tensorfile.TensorFileError as exc:
+        raise LoRAError(str(exc)) from None
+    step, saved, losses, saved_dataset = _checkpoint_meta(path, meta)
+    now = asdict(config)
+    for key in RESUME_FIELDS:
+        if list(np.atleast_1d(saved.get(key))) != list(np.atleast_1d(now[key])):
             raise LoRAError(
-                f"{path}: checkpoint has {key}={saved[key]!r} but the config has "
-                f"{getattr(config, key)!r}"
+                f"{path}: checkpoint has {key}={saved.get(key)!r} but this run has "
+                f"{now[key]!r}"
             )
-    for (component, p), a in _trained_adapters(pipe).items():
+    if saved_dataset != dataset:
+        raise LoRAError(
+            f"{path}: checkpoint was trained on other images or captions than this dataset"
+        )
+    if step > config.steps:
+        raise LoRAError(
+            f"{path}: checkpoint is at step {step}, beyond steps={config.steps}"
+        )
+    trained = _trained_adapters(pipe)
+    expected = {
+        f"adapter:{c}:{p}:{part}" for c, p in trained for part in ("down", "up")
+    }
+    adapter_keys = {k for k in tensors if k.startswith("adapter:")}
+    if adapter_keys != expected:
+        raise LoRAError(
+            f"{path}: checkpoint's adapter layers differ from this model's "
+            f"({len(adapter_keys ^ expected)} layer arrays do not match)"
+        )
+    for (component, p), a in trained.items():
         for part in ("down", "up"):
             k = f"adapter:{component}:{p}:{part}"
-            if k not in tensors or tensors[k].shape != getattr(a, part).shape:
-                raise LoRAError(f"{path}: {k} missing or of the wrong shape")
-            setattr(a, part, tensors[k])
+            if tensors[k].shape != getattr(a, part).shape:
+                raise LoRAError(
+                    f"{path}: {k} has shape {tensors[k].shape}, expected "
+                    f"{getattr(a, part).shape}"
+                )
     optimizer.init(pipe.unet.trainable_parameters())
     opt = {
         k[len("optimizer:") :]: v
         for k, v in tensors.items()
         if k.startswith("optimizer:")
     }
+    if set(opt) != {k for k, _ in tree_flatten(optimizer.state)}:
+        raise LoRAError(f"{path}: checkpoint's optimizer state does not match")
+    for (component, p), a in trained.items():
+        for part in ("down", "up"):
+            setattr(a, part, tensors[f"adapter:{component}:{p}:{part}"])
     optimizer.state = tree_map_with_path(lambda k, v: opt.get(k, v), optimizer.state)
-    return int(meta["step"]), json.loads(meta["losses"])
+    return step, losses
 
 
 @dataclass
@@ -348,14 +456,36 @@ class TrainResult:
     start_step: int = 0
 
 
+def size_multiple(pipe) -> int:
+    """The image sizes this model takes are multiples of this (autoencoder x UNet downsampling)."""
+    from ..toy.folder import downsampling
+
+    unet_down = sum(1 for b in pipe.unet.down_blocks if "downsample" in b)
+    return downsampling(pipe) * 2**unet_down
+
+
 def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
-    """Train a LoRA on ``dataset_dir`` and save it (kohya safetensors with metadata)."""
+    """Train a LoRA on ``dataset_dir`` and save it (kohya safetensors with metadata).
+
+    The output and checkpoints are written whole or not at all; an exception
+    or interruption leaves the pipeline without the training adapters.
+    """
+    multiple = size_multiple(pipe)
+    if config.resolution % multiple:
+        raise LoRAError(
+            f"resolution {config.resolution}: this model needs a multiple of {multiple}"
+        )
     examples = scan_dataset(dataset_dir, config.resolution, config.allow_upscale)
     if adapters.state(pipe).fused:
         raise LoRAError("unfuse the pipeline's LoRAs before training")
     paths = synth.target_paths(pipe.unet, config.targets)
     if not paths:
         raise LoRAError(f"no UNet layer matches targets {config.targets}")
+    dataset = (
+        dataset_fingerprint(examples)
+        if config.resume or config.checkpoint_every
+        else ""
+    )
     latents = encode_images(pipe, examples, config.resolution)
     cond, pooled = encode_text(pipe, [ex.caption for ex in examples])
     res = float(config.resolution)
@@ -366,6 +496,7 @@ def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
     lora = init_lora(pipe.unet, paths, config.rank, config.lora_alpha, config.seed)
     adapters.apply(pipe, lora)
     unet = pipe.unet
+    bar = None
     try:
         unet.freeze()
         for a in _trained_adapters(pipe).values():
@@ -383,13 +514,18 @@ def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
         loss_and_grad = nn.value_and_grad(unet, loss_fn)
         start, losses = 0, []
         if config.resume:
-            start, losses = load_checkpoint(pipe, optimizer, config)
+            start, losses = load_checkpoint(pipe, optimizer, config, dataset)
         n = len(examples)
-        bar = None
         if config.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=config.steps, initial=start, desc="lora", unit="step")
+            bar = tqdm(
+                total=config.steps,
+                initial=start,
+                desc="lora",
+                unit="step",
+                file=sys.stderr,
+            )
         tic = time.perf_counter()
         for step in range(start, config.steps):
             rng, key = step_keys(config.seed, step)
@@ -412,23 +548,34 @@ def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
             optimizer.update(unet, grads)
             mx.eval(loss, unet.trainable_parameters(), optimizer.state)
             losses.append(float(loss.item()))
+            if not math.isfinite(losses[-1]):
+                raise LoRAError(
+                    f"step {step + 1}: the loss is {losses[-1]} (not finite); "
+                    f"lower the learning rate ({config.learning_rate})"
+                )
             if bar is not None:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 bar.update(1)
             done = step + 1
             if config.checkpoint_every and done % config.checkpoint_every == 0:
-                save_checkpoint(pipe, optimizer, config, done, losses, n)
+                save_checkpoint(pipe, optimizer, config, done, losses, n, dataset)
         steps_run = config.steps - start
         seconds = (time.perf_counter() - tic) / max(steps_run, 1)
-        if bar is not None:
-            bar.close()
-        out = save_lora(
-            current_lora(pipe, config, Path(config.output).stem),
-            config.output,
-            sdxl=hasattr(pipe, "text_encoder_2"),
-            metadata=_metadata(config, config.steps, n, losses[-1] if losses else None),
+        out = Path(config.output)
+        write_atomically(
+            out,
+            lambda tmp: save_lora(
+                current_lora(pipe, config, out.stem),
+                tmp,
+                sdxl=hasattr(pipe, "text_encoder_2"),
+                metadata=_metadata(
+                    config, config.steps, n, losses[-1] if losses else None
+                ),
+            ),
         )
     finally:
+        if bar is not None:
+            bar.close()
         if TRAIN_NAME in adapters.state(pipe).adapters:
             adapters.remove(pipe, [TRAIN_NAME])
         unet.unfreeze()
@@ -438,72 +585,6 @@ def train(pipe, dataset_dir: str | Path, config: TrainConfig) -> TrainResult:
 def train_lora(pipe, dataset_dir: str | Path, config: TrainConfig) -> Path:
     """Train and save a LoRA; returns the file's path."""
     return train(pipe, dataset_dir, config).path
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pulse_plugin.lora.train``: check a dataset, or train on a tiny random model."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "dataset", help="folder of image.png + image.txt, or with metadata.jsonl"
-    )
-    p.add_argument("--output", default="lora.safetensors")
-    p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--alpha", type=float, default=None)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--targets", default="attn", help="comma list: attn,ff,proj,conv,resnet,all"
-    )
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--resume", default=None, help="checkpoint file or 'latest'")
-    p.add_argument(
-        "--check-only", action="store_true", help="only validate the dataset"
-    )
-    p.add_argument(
-        "--model",
-        help="a diffusers-layout folder or single-file .safetensors checkpoint to train on",
-    )
-    p.add_argument(
-        "--tiny",
-        action="store_true",
-        help="train on a tiny random-weight model (no weights can be downloaded here)",
-    )
-    args = p.parse_args(argv)
-    examples = scan_dataset(args.dataset, args.resolution)
-    print(f"{len(examples)} image(s) with captions in {args.dataset}")
-    if args.check_only:
-        return 0
-    if args.tiny == bool(args.model):
-        p.error("expected one of --model PATH or --tiny")
-    from .. import models, tiny, upstream
-
-    sd = upstream.load(patched=False)
-    if args.tiny:
-        pipe = tiny.build_pipeline(sd)
-    else:
-        try:
-            pipe = models.load_pipeline(args.model, sd)
-        except models.LOAD_ERRORS as err:
-            p.error(f"--model {args.model}: {err}")
-    cfg = TrainConfig(
-        output=args.output,
-        rank=args.rank,
-        alpha=args.alpha,
-        learning_rate=args.lr,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        resolution=args.resolution,
-        seed=args.seed,
-        targets=tuple(args.targets.split(",")),
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        base_model="tiny-random" if args.tiny else str(args.model),
-    )
-    print(train_lora(pipe, args.dataset, cfg))
-    return 0
 
 
 def dataset_loss(
@@ -529,6 +610,204 @@ def dataset_loss(
         eps = pipe.unet(x_t, t, encoder_x=cond, text_time=text_time)
         total += float(nn.losses.mse_loss(eps, noise).item())
     return total / draws
+
+
+# ------------------------------------------------------------------ command line
+
+
+@dataclass
+class BaseModel:
+    """A model to train on: its pipeline, native image size (None: unknown) and name."""
+
+    pipe: Any
+    resolution: Optional[int]
+    name: str
+
+
+def load_base_model(path: Optional[str | Path] = None) -> BaseModel:
+    """The bundled toy model (None), a diffusers-layout folder or a single-file checkpoint."""
+    from .. import models, upstream
+    from ..models.folder import folder_image_size
+    from ..toy import default_model_path
+
+    if path is None:
+        path, name = default_model_path(), "pulse_plugin toy model"
+    else:
+        path = Path(path).expanduser()
+        name = path.name
+    if not path.exists():
+        raise LoRAError(f"{path}: no such model folder or checkpoint file")
+    try:
+        pipe = models.load_pipeline(path, upstream.load(patched=True))
+        size = folder_image_size(path) if path.is_dir() else None
+    except models.LOAD_ERRORS as exc:
+        raise LoRAError(str(exc)) from None
+    return BaseModel(pipe, size, name)
+
+
+def _number(kind: type, low: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse type: a finite int/float above (strict) or at least low."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            bound = f"above {low:g}" if strict else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _targets(text: str) -> Tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in TARGET_KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of {', '.join(TARGET_KINDS)}, got {text!r}"
+        )
+    return kinds
+
+
+def _output(text: str) -> str:
+    if Path(text).suffix != ".safetensors":
+        raise argparse.ArgumentTypeError(
+            f"expected a file name ending in .safetensors, got {text!r}"
+        )
+    return text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The training command's arguments (``pulse train-lora`` and ``python -m``)."""
+    p.add_argument(
+        "dataset",
+        help="folder of image.png + image.txt pairs, or with a metadata.jsonl",
+    )
+    p.add_argument(
+        "--model",
+        help="the bundled toy model (default), a diffusers-layout folder or a "
+        "single-file checkpoint",
+    )
+    p.add_argument(
+        "-o", "--output", type=_output, default="lora.safetensors", help="LoRA file"
+    )
+    p.add_argument("--rank", type=_number(int, 1, False), default=4)
+    p.add_argument(
+        "--alpha",
+        type=_number(float, 0, True),
+        default=None,
+        help="LoRA alpha (default: the rank, scale 1)",
+    )
+    p.add_argument("--lr", type=_number(float, 0, True), default=1e-4)
+    p.add_argument("--weight-decay", type=_number(float, 0, False), default=0.0)
+    p.add_argument("--steps", type=_number(int, 1, False), default=500)
+    p.add_argument("--batch-size", type=_number(int, 1, False), default=1)
+    p.add_argument(
+        "--resolution",
+        type=_number(int, 8, False),
+        default=None,
+        help="training image size (default: the model's, e.g. 32 for the toy model)",
+    )
+    p.add_argument(
+        "--allow-upscale",
+        action="store_true",
+        help="accept images smaller than the resolution (upscaled)",
+    )
+    p.add_argument("--seed", type=_number(int, 0, False), default=0)
+    p.add_argument(
+        "--targets",
+        type=_targets,
+        default=("attn",),
+        help=f"comma list of layer kinds: {','.join(TARGET_KINDS)} (default attn)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_number(int, 0, False),
+        default=0,
+        help="save a resumable checkpoint every N steps (0: none)",
+    )
+    p.add_argument(
+        "--checkpoint-dir", help="checkpoint folder (default: <output>_checkpoints)"
+    )
+    p.add_argument("--resume", default=None, help="a checkpoint file, or 'latest'")
+    p.add_argument(
+        "--check-only", action="store_true", help="only validate the dataset"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train from parsed arguments; errors are raised as LoRAError (the caller exits 2)."""
+    if args.check_only and args.resolution is not None:
+        examples = scan_dataset(args.dataset, args.resolution, args.allow_upscale)
+        print(f"{len(examples)} image(s) with captions in {args.dataset}")
+        return 0
+    base = load_base_model(args.model)
+    resolution = args.resolution or base.resolution
+    if resolution is None:
+        raise LoRAError(
+            f"{args.model}: the model does not say its image size (a single file, or a"
+            " vae config without sample_size); pass --resolution"
+        )
+    multiple = size_multiple(base.pipe)
+    if resolution % multiple:
+        raise LoRAError(
+            f"--resolution {resolution}: this model takes multiples of {multiple}"
+        )
+    examples = scan_dataset(args.dataset, resolution, args.allow_upscale)
+    print(
+        f"{len(examples)} image(s) with captions in {args.dataset}, "
+        f"training at {resolution} px on {base.name}"
+    )
+    if args.check_only:
+        return 0
+    config = TrainConfig(
+        output=args.output,
+        rank=args.rank,
+        alpha=args.alpha,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        resolution=resolution,
+        seed=args.seed,
+        targets=args.targets,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        base_model=base.name,
+        allow_upscale=args.allow_upscale,
+        progress=not args.quiet,
+    )
+    try:
+        result = train(base.pipe, args.dataset, config)
+    except KeyboardInterrupt:
+        done = sorted(config.checkpoints().glob("step_*[0-9].safetensors"))
+        hint = f"; resume from {done[-1]} with --resume latest" if done else ""
+        raise LoRAError(f"interrupted, {config.output} not written{hint}") from None
+    loss = f", final loss {result.losses[-1]:.4f}" if result.losses else ""
+    print(f"wrote {result.path} ({config.steps} steps{loss})")
+    model = f" --model {args.model}" if args.model else ""
+    print(f'use it: pulse generate "PROMPT"{model} --lora {result.path}')
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m pulse_plugin.lora.train``: the same command as ``pulse train-lora``."""
+    p = argparse.ArgumentParser(
+        prog="python -m pulse_plugin.lora.train", description=__doc__.splitlines()[0]
+    )
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:  # LoRAError, DatasetError
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

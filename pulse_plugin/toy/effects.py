@@ -94,6 +94,37 @@ def foreground_fraction(
     return np.array(out, np.float64)
 
 
+def object_count(image: np.ndarray) -> int:
+    """Separate drawn blobs (4-connected foreground of at least MIN_PIXELS pixels)."""
+    fg = quality.foreground(np.asarray(image, np.float32))
+    seen = np.zeros_like(fg)
+    count = 0
+    for start in zip(*np.nonzero(fg)):
+        if seen[start]:
+            continue
+        seen[start], stack, size = True, [start], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < fg.shape[0] and 0 <= nx < fg.shape[1]:
+                    if fg[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        count += size >= quality.MIN_PIXELS
+    return count
+
+
+def fill_ratio(image: np.ndarray) -> float:
+    """Drawn pixels / their bounding box: about 0.79 for a disc, 1 for a square; NaN if none."""
+    fg = quality.foreground(np.asarray(image, np.float32))
+    if fg.sum() < quality.MIN_PIXELS:
+        return float("nan")
+    ys, xs = np.nonzero(fg)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    return float(fg.sum() / box)
+
+
 def summary(values: Sequence[float]) -> Tuple[float, float]:
     """(mean, standard deviation) ignoring NaNs."""
     v = np.asarray(values, np.float64)
