@@ -529,7 +529,7 @@ def cmd_demo(args) -> int:
     from .toy import default_model_path
 
     generate_entry({"steps": args.steps, "seed": args.seed}, "--")
-    checks.integer("--lora-steps", args.lora_steps, 0, error=CliError)
+    checks.optional(checks.integer, "--lora-steps", args.lora_steps, 0, error=CliError)
     check_folder(Path(args.out), "--out")
     pipe, path = load_model(args.model)
     size = default_size(pipe, path)
