@@ -20,6 +20,7 @@ CorePulse-style control for MLX Stable Diffusion.
   pulse generate "a red circle on the left" --inject block=all,prompt=blue --compare
   pulse generate PROMPT --recipe recipe.toml --capture gallery/
   pulse blocks                       the model's attention sites and their selector names
+  pulse studio                       every technique in a local web page, with live preview
 
 Models: the bundled toy model (default), any local diffusers-layout folder
 (--model PATH), or an upstream model name where its weights can be had.
@@ -471,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--model", help="'toy' (default) or a diffusers-layout folder")
     b.set_defaults(func=cmd_blocks)
+
+    from .studio.command import add_parser as add_studio
+
+    add_studio(sub)
     return parser
 
 

@@ -1,0 +1,181 @@
+"""pulse studio in a real headless Chromium: edit, preview, render, export, import, errors.
+
+Needs Debian's chromium and chromium-driver (``apt-get install chromium
+chromium-driver``) and selenium (the dev extra); skipped with the reason
+otherwise. No browser is ever downloaded: both paths are the system's.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1100",
+)
+
+if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+    pytest.skip(
+        "no chromium/chromedriver (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+PROMPT = "a red circle on the left"
+
+
+@pytest.fixture(scope="module")
+def url():
+    from pulse_plugin.studio.server import Studio, make_server
+
+    server = make_server(Studio(preview_steps=3), 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options.add_argument(f"--user-data-dir={profile}")
+    # Chromium does not start with OpenBLAS preloaded (as pytest may run here)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    service = Service(executable_path=DRIVER, env=env)
+    driver = webdriver.Chrome(service=service, options=options)
+    yield driver
+    driver.quit()
+
+
+def done_after(driver, previous, timeout=60, errors_pass=False):
+    """Wait for a finished job newer than previous; its id. An error shown fails."""
+
+    def finished(d):
+        status = d.find_element(By.ID, "status")
+        job = status.get_attribute("data-job")
+        if d.find_element(By.ID, "error").is_displayed() and not errors_pass:
+            raise AssertionError(d.find_element(By.ID, "error").text)
+        return job if "done" in status.text and job and job != previous else False
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(finished)
+
+
+def src(driver, element_id):
+    return driver.find_element(By.ID, element_id).get_attribute("src")
+
+
+def pixels(data_url_or_path) -> np.ndarray:
+    if str(data_url_or_path).startswith("data:image/png;base64,"):
+        raw = base64.b64decode(data_url_or_path.split(",", 1)[1])
+        return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+    return np.asarray(Image.open(data_url_or_path).convert("RGB"))
+
+
+def test_edit_preview_render_export_matches_cli(url, browser, tmp_path):
+    d = browser
+    d.get(url)
+    job = done_after(d, None)  # the first preview
+
+    prompt = d.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys(PROMPT)
+    job = done_after(d, job)
+    panel = d.find_element(By.CSS_SELECTOR, '[data-section="inject"]')
+    panel.find_element(By.CSS_SELECTOR, ".on").click()
+    job = done_after(d, job)
+    assert d.find_element(By.ID, "technique").get_attribute("data-preview") == "true"
+    before = src(d, "technique")
+
+    slider = panel.find_element(By.CSS_SELECTOR, '[data-key="weight"]')
+    slider.send_keys(Keys.ARROW_LEFT * 6)  # 1.0 -> 0.7, one preview per key at most
+    job = done_after(d, job)
+    assert slider.get_attribute("value") == "0.7"
+    assert src(d, "technique") != before, "the preview did not change with the slider"
+
+    d.find_element(By.ID, "render").click()
+    job = done_after(d, job)
+    shown = d.find_element(By.ID, "technique")
+    assert shown.get_attribute("data-preview") == "false"
+    assert shown.get_attribute("data-steps") == "20"
+    page_png = pixels(shown.get_attribute("src"))
+
+    d.find_element(By.ID, "export").click()
+    WebDriverWait(d, 10).until(
+        lambda d: "[[inject]]" in d.find_element(By.ID, "toml").get_attribute("value")
+    )
+    text = d.find_element(By.ID, "toml").get_attribute("value")
+    assert "weight = 0.7" in text
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    out = tmp_path / "cli.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "pulse_plugin.cli", "generate", PROMPT]
+        + ["--recipe", str(recipe), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(pixels(out), page_png), "page and CLI differ"
+
+    # import: the same recipe with another seed and weight fills the form
+    edited = text.replace("seed = 0", "seed = 3").replace(
+        "weight = 0.7", "weight = 1.5"
+    )
+    box = d.find_element(By.ID, "toml")
+    box.clear()
+    d.execute_script("arguments[0].value = arguments[1]", box, edited)
+    d.find_element(By.ID, "import").click()
+    WebDriverWait(d, 10).until(
+        lambda d: d.find_element(By.ID, "seed").get_attribute("value") == "3"
+    )
+    assert slider.get_attribute("value") == "1.5"
+    assert panel.find_element(By.CSS_SELECTOR, ".on").is_selected()
+    done_after(d, job)
+
+
+def test_error_names_the_field(url, browser):
+    d = browser
+    d.get(url)
+    job = done_after(d, None)
+    size = d.find_element(By.ID, "size")
+    size.clear()
+    size.send_keys("33")
+    error = d.find_element(By.ID, "error")
+    WebDriverWait(d, 30).until(lambda d: error.is_displayed())
+    assert error.text.startswith("generate.size:"), error.text
+    assert "Traceback" not in error.text
+    assert "bad" in size.get_attribute("class")
+    size.clear()
+    size.send_keys("32")
+    done_after(d, job, errors_pass=True)
+    assert not error.is_displayed()
