@@ -143,6 +143,9 @@ def parse_page(text: str, prompt: str = "") -> Page:
 
 def section_of(message: str) -> str:
     """The page field an error message names: ``section``, ``section.field`` or ``generate.<field>``."""
+    message = re.split(r";|\bexpected\b", message, maxsplit=1)[
+        0
+    ]  # not the lists of names
     found = _SECTION.search(message)
     if found is None:
         return "recipe"

@@ -78,6 +78,12 @@ def parse(page: Page, pipe, path: Optional[Path]) -> Parsed:
         recipe = from_dict(data, "recipe")
     except RecipeError as err:
         raise PageError(section_of(str(err)), str(err)) from err
+    for i, entry in enumerate(data.get("lora", [])):
+        for key in ("path", "blend"):
+            if key in entry and not Path(str(entry[key])).expanduser().is_file():
+                raise PageError(
+                    f"lora.{key}", f"lora[{i}].{key}: no such file {entry[key]}"
+                )
     g = data["generate"]
     try:
         settings = cli.Settings(
