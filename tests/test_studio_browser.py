@@ -2,7 +2,8 @@
 
 Needs Debian's chromium and chromium-driver (``apt-get install chromium
 chromium-driver``) and selenium (the dev extra); skipped with the reason
-otherwise. No browser is ever downloaded: both paths are the system's.
+otherwise, or an error when PULSE_REQUIRE_BROWSER=1 (CI). No browser is ever
+downloaded: both paths are the system's, so Selenium Manager is never asked.
 """
 
 from __future__ import annotations
@@ -33,12 +34,20 @@ FLAGS = (
     "--window-size=1280,1100",
 )
 
+# CI sets PULSE_REQUIRE_BROWSER=1 so that a missing browser fails instead of skipping
+REQUIRED = os.environ.get("PULSE_REQUIRE_BROWSER") == "1"
+MISSING = None
 if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
-    pytest.skip(
-        "no chromium/chromedriver (apt-get install chromium chromium-driver)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+    MISSING = "no chromium/chromedriver (apt-get install chromium chromium-driver)"
+else:
+    try:
+        from selenium import webdriver
+    except ImportError:
+        MISSING = "selenium is not installed (pip install -e '.[dev]')"
+if MISSING is not None:
+    if REQUIRED:
+        raise RuntimeError(f"PULSE_REQUIRE_BROWSER=1 but {MISSING}")
+    pytest.skip(MISSING, allow_module_level=True)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import webbrowser
 
@@ -39,6 +40,8 @@ def run(args) -> int:
         raise CliError(f"--port {args.port}: expected 0 to 65535")
     if args.preview_steps < 1:
         raise CliError(f"--preview-steps {args.preview_steps}: expected at least 1")
+    # the page shows each render's progress; keep the terminal free of progress bars
+    os.environ.setdefault("TQDM_DISABLE", "1")
     studio = Studio(preview_steps=args.preview_steps, default_model=args.model)
     try:
         server = make_server(studio, args.port)
