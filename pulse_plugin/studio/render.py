@@ -55,6 +55,11 @@ class Models:
         self._pipes: Dict[str, Tuple[Any, Optional[Path]]] = {}
         self._lock = threading.Lock()
 
+    def loaded(self, name: str):
+        """(pipe, path) if name is loaded already, else None (never loads)."""
+        with self._lock:
+            return self._pipes.get(name or "toy")
+
     def get(self, name: str):
         """(pipe, path) for name, loaded once; PageError('model') when it does not load."""
         name = name or "toy"

@@ -147,7 +147,11 @@ class Studio:
             pipe, path = self.models.get(page.model)
             return parse(page, pipe, path)
 
-        parsed = self.worker.call(checked)
+        loaded = self.models.loaded(page.model)
+        if loaded is None:  # loading makes MLX arrays: on the worker's thread
+            parsed = self.worker.call(checked)
+        else:  # reading a loaded model's config needs no MLX work: answer now
+            parsed = parse(page, *loaded)
         return {"toml": parsed.toml, "command": command_line(page)}
 
     def import_(self, data: Dict[str, Any]) -> Dict[str, Any]:
