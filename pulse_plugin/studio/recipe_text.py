@@ -13,12 +13,12 @@ import math
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # the recipe reader's own fallback there
 
 from ..recipe import RecipeError
 
@@ -203,8 +203,3 @@ def check_generate(generate: Any) -> Dict[str, Any]:
     if "negative" in out and not isinstance(out["negative"], str):
         raise PageError("generate.negative", "expected text")
     return out
-
-
-def technique_sections(recipe: Dict[str, Any]) -> List[str]:
-    """The recipe's technique sections that have entries."""
-    return [k for k, v in recipe.items() if k != "generate" and v]

@@ -1,8 +1,9 @@
 """Renders for the page, through the functions ``pulse generate --recipe`` calls.
 
-``render`` parses the recipe TOML the page would export (the very text) and
-hands it to ``cli.generate`` / ``cli.generate_with`` exactly as ``pulse
-generate`` does, so the page and the command line give the same pixels.
+``parse`` writes the page as the recipe TOML it would export and reads that
+very text back into ``cli.Settings`` and a ``Recipe``; ``technique_image``
+hands them to ``cli.generate`` / ``cli.generate_with`` as ``pulse generate``
+does, so the page and the command line give the same pixels.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Parsed:
 
 
 class Models:
-    """Loaded pipelines by --model name (the toy, a folder, or a file)."""
+    """The loaded pipeline by --model name (the toy, a folder, or a file); one at a time."""
 
     def __init__(self):
         self._pipes: Dict[str, Tuple[Any, Optional[Path]]] = {}
@@ -66,9 +67,10 @@ class Models:
         with self._lock:
             if name not in self._pipes:
                 try:
-                    self._pipes[name] = cli.load_model(name)
+                    loaded = cli.load_model(name)
                 except (cli.CliError, ValueError, OSError) as err:
                     raise PageError("model", str(err)) from err
+                self._pipes = {name: loaded}  # a real model is gigabytes: keep one
             return self._pipes[name]
 
 
@@ -149,12 +151,11 @@ def png_url(image: np.ndarray) -> str:
     """A uint8 (H, W, 3) image as a PNG data URL (the exact pixels)."""
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return pil_url(Image.fromarray(image))
 
 
 def pil_url(img) -> str:
+    """A Pillow image as a PNG data URL."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
 from .jobs import Job, Worker
-from .recipe_text import Page, PageError, command_line, page_from_json, parse_page
+from .recipe_text import PageError, command_line, page_from_json, parse_page
 
 MAX_BODY = 16 * 1024 * 1024
 BASELINES_KEPT = 32
