@@ -467,15 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_demo)
 
+    from .studio.command import add_parser as add_studio
+
+    add_studio(sub)
+
     b = sub.add_parser(
         "blocks", help="list the model's attention sites and selector names"
     )
     b.add_argument("--model", help="'toy' (default) or a diffusers-layout folder")
     b.set_defaults(func=cmd_blocks)
-
-    from .studio.command import add_parser as add_studio
-
-    add_studio(sub)
     return parser
 
 
