@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .studio.command import add_parser as add_studio
+
+    add_studio(sub)
 
     g = sub.add_parser(
         "generate",
@@ -466,10 +469,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the demo's recolouring LoRA this many steps on the toy model (0: skip)",
     )
     d.set_defaults(func=cmd_demo)
-
-    from .studio.command import add_parser as add_studio
-
-    add_studio(sub)
 
     b = sub.add_parser(
         "blocks", help="list the model's attention sites and selector names"
