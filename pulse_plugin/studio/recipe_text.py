@@ -24,6 +24,7 @@ from ..recipe import RecipeError
 
 HEADER = "# pulse studio recipe. Render it with:\n"
 GENERATE_DEFAULTS = {"negative": "", "steps": 20, "cfg": 7.5, "seed": 0}
+GENERATE_FIELDS = (*GENERATE_DEFAULTS, "size")  # what the page shows and renders
 SECTIONS = (
     "generate",
     "inject",
@@ -134,6 +135,7 @@ def parse_page(text: str, prompt: str = "") -> Page:
         from_dict(data, "recipe")
     except RecipeError as err:
         raise PageError(section_of(str(err)), str(err)) from err
+    check_generate(data.get("generate", {}))
     return Page(
         _header_value(text, "prompt") or prompt,
         _header_value(text, "model") or "toy",
@@ -180,6 +182,13 @@ def check_generate(generate: Any) -> Dict[str, Any]:
     """The [generate] table checked field by field (types and ranges)."""
     if not isinstance(generate, dict):
         raise PageError("generate", "expected a table")
+    for key in generate:
+        if key not in GENERATE_FIELDS:
+            raise PageError(
+                f"generate.{key}",
+                f"the studio renders only {list(GENERATE_FIELDS)} of [generate]; "
+                f"render a recipe with {key!r} with pulse generate",
+            )
     out = dict(generate)
     for key in ("steps", "seed", "size"):
         if key in out:
