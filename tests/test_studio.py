@@ -19,6 +19,7 @@ from pulse_plugin.studio.recipe_text import Page, PageError, parse_page, to_toml
 from pulse_plugin.studio.server import Studio, make_server
 
 PROMPT = "a red circle on the left"
+DRAWN = [[int(x >= 4) for x in range(8)] for _ in range(8)]  # a painted mask
 
 
 def pixels(data_url_or_path) -> np.ndarray:
@@ -43,7 +44,7 @@ def every_technique(lora_file=None):
         "generate": {"steps": 6, "cfg": 5.0, "seed": 3},
         "inject": [{"block": "detail", "prompt": "blue", "weight": 0.8}],
         "reweight": [{"phrase": "red", "scale": 1.5, "block": "all"}],
-        "region": [{"prompt": "green", "mask": "right", "weight": 1.0}],
+        "region": [{"prompt": "green", "mask": DRAWN, "weight": 1.0}],
         "self_attention": [
             {"query_region": "left", "key_region": "right", "scale": 2.0}
         ],

@@ -48,9 +48,10 @@ if MISSING is not None:
     if REQUIRED:
         raise RuntimeError(f"PULSE_REQUIRE_BROWSER=1 but {MISSING}")
     pytest.skip(MISSING, allow_module_level=True)
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 PROMPT = "a red circle on the left"
 
@@ -117,7 +118,7 @@ def test_edit_preview_render_export_matches_cli(url, browser, tmp_path):
     prompt = d.find_element(By.ID, "prompt")
     prompt.clear()
     prompt.send_keys(PROMPT)
-    job = done_after(d, job)
+    job = done_after(d, job, errors_pass=True)  # the cleared prompt was an error
     panel = d.find_element(By.CSS_SELECTOR, '[data-section="inject"]')
     panel.find_element(By.CSS_SELECTOR, ".on").click()
     job = done_after(d, job)
@@ -250,3 +251,30 @@ def test_import_shows_what_it_can_keeps_the_rest_and_exports_it_unchanged(url, b
     WebDriverWait(d, 10).until(
         lambda d: d.find_element(By.ID, "toml").get_attribute("value") == IMPORTED
     )
+
+
+def test_a_drawn_region_mask_renders_and_exports_as_an_array(url, browser):
+    d = browser
+    d.get(url)
+    job = done_after(d, None)
+    panel = d.find_element(By.CSS_SELECTOR, '[data-section="region"]')
+    panel.find_element(By.CSS_SELECTOR, ".on").click()
+    job = done_after(d, job)
+    before = src(d, "technique")
+    Select(d.find_element(By.ID, "region-mask")).select_by_value("drawn")
+    canvas = d.find_element(By.ID, "draw")
+    WebDriverWait(d, 10).until(lambda d: canvas.is_displayed())
+    strokes = ActionChains(d).move_to_element_with_offset(canvas, -40, -60)
+    strokes.click_and_hold().move_by_offset(0, 120).release().perform()  # a column
+    job = done_after(d, job)
+    assert src(d, "technique") != before
+    d.find_element(By.ID, "export").click()
+    WebDriverWait(d, 10).until(
+        lambda d: "mask = [[0, " in d.find_element(By.ID, "toml").get_attribute("value")
+    )
+    text = d.find_element(By.ID, "toml").get_attribute("value")
+    line = next(l for l in text.splitlines() if l.startswith("mask = "))
+    rows = __import__("json").loads(line.split("=", 1)[1])
+    painted = np.array(rows)
+    assert painted.shape == (16, 16) and 0 < painted.sum() < painted.size
+    assert painted[:, 3].sum() >= 12  # the stroke's column, top to bottom

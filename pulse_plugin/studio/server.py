@@ -234,6 +234,8 @@ class Handler(BaseHTTPRequestHandler):
             query = parse_qs(url.query)
             model = (query.get("model") or [self.studio.default_model])[0]
             return self._guarded(lambda: self._json(self.studio.info(model)))
+        if url.path == "/favicon.ico":
+            return self._send(204, b"", "image/x-icon")
         if url.path.startswith("/api/job/"):
             return self._job(self.studio.worker.get(url.path.rsplit("/", 1)[1]))
         self._error("path", f"no such page: {url.path}", HTTPStatus.NOT_FOUND)
