@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -273,8 +274,7 @@ def test_a_drawn_region_mask_renders_and_exports_as_an_array(url, browser):
         lambda d: "mask = [[0, " in d.find_element(By.ID, "toml").get_attribute("value")
     )
     text = d.find_element(By.ID, "toml").get_attribute("value")
-    line = next(l for l in text.splitlines() if l.startswith("mask = "))
-    rows = __import__("json").loads(line.split("=", 1)[1])
-    painted = np.array(rows)
+    line = next(row for row in text.splitlines() if row.startswith("mask = "))
+    painted = np.array(json.loads(line.split("=", 1)[1]))
     assert painted.shape == (16, 16) and 0 < painted.sum() < painted.size
     assert painted[:, 3].sum() >= 12  # the stroke's column, top to bottom
