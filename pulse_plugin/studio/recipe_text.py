@@ -131,11 +131,13 @@ def parse_page(text: str, prompt: str = "") -> Page:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise PageError("recipe", f"not valid TOML: {err}") from err
+    check_generate(
+        data.get("generate", {})
+    )  # the page's own rule, named the same everywhere
     try:
         from_dict(data, "recipe")
     except RecipeError as err:
         raise PageError(section_of(str(err)), str(err)) from err
-    check_generate(data.get("generate", {}))
     return Page(
         _header_value(text, "prompt") or prompt,
         _header_value(text, "model") or "toy",
@@ -154,9 +156,9 @@ def section_of(message: str) -> str:
     section = "bend" if found.group(1) == "bends" else found.group(1)
     rest = message[found.end() :]
     if section == "generate":
-        names = [
-            k for k in (*GENERATE_DEFAULTS, "size") if re.search(rf"\b{k}\b", rest)
-        ]
+        names = [k for k in GENERATE_FIELDS if re.search(rf"\b{k}\b", rest)]
+        quoted = re.search(r"'([a-z_]+)'", rest)  # "unknown field 'x'"
+        names += [quoted.group(1)] if quoted else []
         return f"generate.{names[0]}" if names else "generate"
     key = re.match(r"\[\d+\](?:\.|:\s*)([a-z_]+)\b", rest)
     return f"{section}.{key.group(1)}" if key else section
