@@ -23,6 +23,7 @@ CorePulse-style control for MLX Stable Diffusion.
   pulse generate PROMPT --recipe recipe.toml --capture gallery/
   pulse edit "a red circle on the left" "a blue circle on the left" --compare
   pulse blocks                       the model's attention sites and their selector names
+  pulse studio                       every technique in a local web page, with live preview
 
 Models: the bundled toy model (default), any local diffusers-layout folder or
 single-file checkpoint (--model PATH), or an upstream model name where its
@@ -552,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .studio.command import add_parser as add_studio
+
+    add_studio(sub)
 
     g = sub.add_parser(
         "generate",

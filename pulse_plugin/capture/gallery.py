@@ -25,10 +25,7 @@ from ..bending.processor import Bender, BendRecord, parse_prompt
 from ..sampling import decode, default_latent_size, final_latents
 from .recorder import Recorder, StepMaps
 
-_ANCHORS = np.array(
-    [[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]],
-    dtype=np.float32,
-)
+BAR_LABELS = ("low", "high attention")
 
 
 @dataclass
@@ -52,11 +49,17 @@ class CaptureResult:
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint8 RGB along a dark-to-bright ramp."""
-    x = np.clip(values, 0, 1) * (len(_ANCHORS) - 1)
-    i = np.minimum(np.floor(x).astype(int), len(_ANCHORS) - 2)
-    f = (x - i)[..., None]
-    return ((1 - f) * _ANCHORS[i] + f * _ANCHORS[i + 1]).astype(np.uint8)
+    """Values in [0, 1] -> uint8 RGB in the perceptual colour map (viridis)."""
+    from ..colormap import colormap as perceptual
+
+    return perceptual(values)
+
+
+def with_bar(img: Image.Image) -> Image.Image:
+    """img with the colour map's bar under it (each map is scaled to its own min..max)."""
+    from ..colormap import with_colour_bar
+
+    return with_colour_bar(img, BAR_LABELS)
 
 
 def normalise(
@@ -149,7 +152,7 @@ def evolution_frames(
         out = Image.new("RGB", (frame.width, frame.height + 16), "white")
         out.paste(frame, (0, 16))
         ImageDraw.Draw(out).text((4, 2), head, fill="black")
-        frames.append(out)
+        frames.append(with_bar(out))
     return frames
 
 
@@ -226,7 +229,7 @@ def write_gallery(
         o = overlay(image, word_map(mean, w))
         save(o, f"token_{i:02d}_{slug(w.text, 20)}.png")
         tiles.append(labelled(o, w.text))
-    save(grid(tiles), "grid.png")
+    save(with_bar(grid(tiles)), "grid.png")
     frames = evolution_frames(image, recorder.steps, words, max_time)
     if frames:
         save(
