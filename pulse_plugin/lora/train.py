@@ -458,7 +458,7 @@ class TrainResult:
 
 def size_multiple(pipe) -> int:
     """The image sizes this model takes are multiples of this (autoencoder x UNet downsampling)."""
-    from ..toy.folder import downsampling
+    from ..models import downsampling
 
     unet_down = sum(1 for b in pipe.unet.down_blocks if "downsample" in b)
     return downsampling(pipe) * 2**unet_down

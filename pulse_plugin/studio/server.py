@@ -53,7 +53,7 @@ class Studio:
         from ..cli import default_size
         from ..masks import HALVES, QUADRANTS
         from ..selectors import describe, names
-        from ..toy.folder import downsampling
+        from ..models import downsampling
 
         pipe, path = self.models.get(model)
         sites = describe(pipe.unet)
