@@ -348,10 +348,11 @@ def regional_single(runs: Runs) -> Dict[str, np.ndarray]:
     """One object: "a red circle on the left" with BLUE_LEFT injected into the left half.
 
     Outside its mask regional injection leaves the base prompt in force,
-    colour word included; on this model the colour word acts through the
-    whole image, and the red still attended to in the right half draws a
-    second object there. Taking "red" out of the right half's attention
-    (``mask_tokens(..., mask="right")``) is the remedy measured here. Keys
+    colour word included; the toy model's colour word acts through the whole
+    image, and the red still attended to in the right half can draw a second
+    object there (run 6: share 0.02 -> 0.49; run 7: 0.01 -> 0.08). Taking
+    "red" out of the right half's attention (``mask_tokens(..., mask="right")``)
+    is the remedy measured here (docs/techniques.md, section 5). Keys
     ``{baseline, left half, left half + red masked right}: {left blueness,
     share in right half}`` (blueness of the left half's drawn pixels; share of
     all drawn pixels that lie in the right half).
