@@ -19,8 +19,6 @@ about -1.1 for the palette's red, +1.1 for its blue.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -193,17 +191,17 @@ def test_capture_map_of_the_shape_word_peaks_on_the_object(runs):
 
 
 def test_recolouring_lora_and_its_half_blend(runs, tmp_path):
-    # a rank-4 attention LoRA, 40 steps on 24 blue circles captioned "a red
-    # circle <position>" (about 6 s here). Blueness of "a red circle on the
-    # left", seed 0: -0.94 baseline, +0.52 at weight 1, +0.01 at weight 0.5
-    # (0.65 of the way). Seeds 0-3 (one LoRA): weight 1 +0.28 on average,
-    # from +0.04 to +0.52; weight 0.5 +0.07. The response is not linear in
-    # the weight.
-    start = time.perf_counter()
+    # A rank-4 attention LoRA, 100 steps at lr 2e-3 on 24 blue circles
+    # captioned "a red circle <position>" (effects.train_recolour_lora).
+    # Blueness of "a red circle on the left" without it, at weight 0.5 and
+    # at weight 1. Training seeds 0-3 at 80-160 steps (sampling seed 0, OpenBLAS
+    # SkylakeX): shift at weight 1 +1.70 to +1.87, the half blend 0.39 to 0.76
+    # of the way. (Provisional: the seeds x kernels table follows.)
     result = E.train_recolour_lora(runs.pipe, tmp_path / "recolour.safetensors")
-    seconds = time.perf_counter() - start
-    assert seconds < 60, f"training took {seconds:.0f} s"
     r = E.lora(runs, result.path)
-    base, full, half = (mean(r[k]) for k in ("baseline", "weight 1", "weight 0.5"))
-    assert full - base > 0.6
-    assert base + 0.15 * (full - base) < half < full - 0.05 * (full - base)
+    base, half, full = (mean(r[k]) for k in ("baseline", "weight 0.5", "weight 1"))
+    assert_moves(r["baseline"], r["weight 1"], 1.0)
+    assert full > 0.3  # blue, not just less red
+    assert base < half < full  # toward blue as the weight grows
+    share = (half - base) / (full - base)
+    assert 0.2 < share < 0.9, share

@@ -33,7 +33,7 @@ def config(tmp_path, **kw):
     base = dict(
         output=str(tmp_path / "out.safetensors"),
         rank=4,
-        learning_rate=1e-2,
+        learning_rate=3e-3,  # 1e-2 overshoots: eval loss down 0.88x to 0.92x by BLAS
         steps=30,
         batch_size=4,
         resolution=16,
