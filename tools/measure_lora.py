@@ -149,7 +149,8 @@ def worker(measures: Sequence[str], seeds: Sequence[int], n: int, model) -> None
 def run_kernel(kernel: str, args, save: Optional[Path] = None) -> List[dict]:
     """Run the worker under kernel; its rows, labelled with kernel (each appended to save)."""
     cmd = [sys.executable, __file__, "--worker", "--n", str(args.n)]
-    cmd += ["--seeds", str(args.seeds), "--only", *args.only]
+    cmd += ["--seeds", str(args.seeds), "--first-seed", str(args.first_seed)]
+    cmd += ["--only", *args.only]
     if args.model:
         cmd += ["--model", args.model]
     rows = []
@@ -172,7 +173,11 @@ def run_kernel(kernel: str, args, save: Optional[Path] = None) -> List[dict]:
 
 def table(rows: List[dict], measure: str) -> None:
     """A markdown table of measure's rows, then each column's range."""
+    order = {k: i for i, k in enumerate(KERNELS)}
     rows = [r for r in rows if r["measure"] == measure]
+    rows.sort(
+        key=lambda r: (r["seed"], order.get(r["kernel"], len(order)), r["kernel"])
+    )
     if not rows:
         return
     cols = [k for k in rows[0] if k not in ("measure", "seed", "blas", "kernel")]
@@ -190,9 +195,31 @@ def table(rows: List[dict], measure: str) -> None:
     print(f"| min | {lo} |\n| max | {hi} |")
 
 
+KEY_COLUMNS = {"recolour": ("shift 1", "half share"), "tiny-train": ("after / before",)}
+
+
+def pivot(rows: List[dict], measure: str) -> None:
+    """measure's key columns as seeds x kernels (the test files' comment tables)."""
+    rows = [r for r in rows if r["measure"] == measure]
+    if not rows:
+        return
+    kernels = [k for k in KERNELS if any(r["kernel"] == k for r in rows)]
+    kernels += sorted({r["kernel"] for r in rows} - set(kernels))
+    cells = {(r["seed"], r["kernel"]): r for r in rows}
+    for col in KEY_COLUMNS[measure]:
+        print(f"\n{measure}: {col}\n")
+        print("| seed | " + " | ".join(kernels) + " |")
+        print("|---" * (len(kernels) + 1) + "|")
+        for seed in sorted({r["seed"] for r in rows}):
+            vals = [cells.get((seed, k), {}).get(col) for k in kernels]
+            text = ["-" if v is None else f"{v:+.2f}" for v in vals]
+            print(f"| {seed} | " + " | ".join(text) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 (default 4)")
+    p.add_argument("--seeds", type=int, default=4, help="N seeds (default 4)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds from (default 0)")
     p.add_argument("--n", type=int, default=8, help="images per run (default 8)")
     p.add_argument("--model", default=None, help="model folder (default: the toy)")
     p.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES))
@@ -210,12 +237,14 @@ def main(argv=None) -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.only, range(args.seeds), args.n, args.model)
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        worker(args.only, seeds, args.n, args.model)
         return 0
     if args.load:
         rows = [json.loads(x) for f in args.load for x in f.read_text().splitlines()]
         for measure in args.only:
             table(rows, measure)
+            pivot(rows, measure)
         return 0
     if not Path(OPENBLAS).exists() and set(args.kernels) - {"bundled"}:
         p.error(f"{OPENBLAS} not found (apt-get install libopenblas0-pthread)")
@@ -231,6 +260,7 @@ def main(argv=None) -> int:
     )
     for measure in args.only:
         table(rows, measure)
+        pivot(rows, measure)
     return 0
 
 
