@@ -192,16 +192,39 @@ def test_capture_map_of_the_shape_word_peaks_on_the_object(runs):
 
 def test_recolouring_lora_and_its_half_blend(runs, tmp_path):
     # A rank-4 attention LoRA, 100 steps at lr 2e-3 on 24 blue circles
-    # captioned "a red circle <position>" (effects.train_recolour_lora).
-    # Blueness of "a red circle on the left" without it, at weight 0.5 and
-    # at weight 1. Training seeds 0-3 at 80-160 steps (sampling seed 0, OpenBLAS
-    # SkylakeX): shift at weight 1 +1.70 to +1.87, the half blend 0.39 to 0.76
-    # of the way. (Provisional: the seeds x kernels table follows.)
+    # captioned "a red circle <position>" (effects.train_recolour_lora; the
+    # earlier 40 steps at lr 3e-3 shifted it by +0.1 to +1.5 by seed and
+    # machine, and lr 5e-3 or 1e-2 swing more). Blueness of "a red circle on the left":
+    # baseline -0.94; the shift at weight 1, and the half blend's share of
+    # it, with training and sampling seed s under forced OpenBLAS kernels and
+    # MLX's bundled BLAS (`tools/measure_lora.py --seeds 4`; SkylakeX is this
+    # machine's own choice; the test runs seed 0). Run-6 model:
+    #
+    # | seed | Haswell | Nehalem | Prescott | SkylakeX | bundled |
+    # |---|---|---|---|---|---|
+    # | 0 | +1.69 0.58 | +1.69 0.57 | +1.69 0.57 | +1.67 0.58 | +1.68 0.58 |
+    # | 1 | +1.80 0.43 | +1.79 0.43 | +1.79 0.43 | +1.77 0.44 | +1.77 0.43 |
+    # | 2 | +1.74 0.60 | +1.75 0.61 | +1.75 0.61 | +1.77 0.61 | +1.80 0.61 |
+    # | 3 | +1.87 0.77 | +1.87 0.76 | +1.87 0.76 | +1.87 0.76 | +1.86 0.76 |
+    #
+    # Run-7 model (branch toy's retrained one, 32 groups; three of the BLAS
+    # measured):
+    #
+    # | seed | Haswell | SkylakeX | bundled |
+    # |---|---|---|---|
+    # | 0 | +1.81 0.69 | +1.82 0.70 | +1.80 0.69 |
+    # | 1 | +1.70 0.47 | +1.72 0.46 | +1.69 0.44 |
+    # | 2 | +1.81 0.77 | +1.82 0.76 | +1.83 0.77 |
+    # | 3 | +1.80 0.81 | +1.81 0.79 | - |
+    #
+    # Worst cases: shift +1.67, weight 1 +0.74 (least blue image +0.60),
+    # share 0.43 to 0.81. Thresholds: shift 1.2 (and 6 of 8 images), weight
+    # 1 above 0.4, share between 0.2 and 0.95.
     result = E.train_recolour_lora(runs.pipe, tmp_path / "recolour.safetensors")
     r = E.lora(runs, result.path)
     base, half, full = (mean(r[k]) for k in ("baseline", "weight 0.5", "weight 1"))
-    assert_moves(r["baseline"], r["weight 1"], 1.0)
-    assert full > 0.3  # blue, not just less red
+    assert_moves(r["baseline"], r["weight 1"], 1.2)
+    assert full > 0.4  # blue, not just less red
     assert base < half < full  # toward blue as the weight grows
     share = (half - base) / (full - base)
-    assert 0.2 < share < 0.9, share
+    assert 0.2 < share < 0.95, share

@@ -64,7 +64,10 @@ def test_training_lowers_loss_and_round_trips(plain_sd, tmp_path):
     L.apply(pipe, lo)
     after = T.dataset_loss(pipe, data, cfg)
     L.remove(pipe)
-    assert after < 0.9 * before, (before, after)
+    # after / before, seeds 0-3 (tools/measure_lora.py --only tiny-train):
+    # 0.646 0.639 0.627 0.620 under OpenBLAS Haswell, Nehalem, Prescott,
+    # SkylakeX and MLX's bundled BLAS alike (at lr 1e-2: 0.88 to 0.92)
+    assert after < 0.8 * before, (before, after)
     assert np.isfinite(result.losses).all() and len(result.losses) == 30
 
 
