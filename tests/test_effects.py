@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -248,17 +247,39 @@ def test_capture_map_of_the_shape_word_peaks_on_the_object(runs):
 
 
 def test_recolouring_lora_and_its_half_blend(runs, tmp_path):
-    # a rank-4 attention LoRA, 40 steps on 24 blue circles captioned "a red
-    # circle <position>" (about 6 s here). Blueness of "a red circle on the
-    # left", seed 0: -0.94 baseline, +0.52 at weight 1, +0.01 at weight 0.5
-    # (0.65 of the way). Seeds 0-3 (one LoRA): weight 1 +0.28 on average,
-    # from +0.04 to +0.52; weight 0.5 +0.07. The response is not linear in
-    # the weight.
-    start = time.perf_counter()
+    # A rank-4 attention LoRA, 100 steps at lr 2e-3 on 24 blue circles
+    # captioned "a red circle <position>" (effects.train_recolour_lora; the
+    # earlier 40 steps at lr 3e-3 shifted it by +0.1 to +1.5 by seed and
+    # machine, and lr 5e-3 or 1e-2 swing more). Blueness of "a red circle on the left":
+    # baseline -0.94; the shift at weight 1, and the half blend's share of
+    # it, with training and sampling seed s under forced OpenBLAS kernels and
+    # MLX's bundled BLAS (`tools/measure_lora.py --seeds 4`; SkylakeX is this
+    # machine's own choice; the test runs seed 0). Run-6 model:
+    #
+    # | seed | Haswell | Nehalem | Prescott | SkylakeX | bundled |
+    # |---|---|---|---|---|---|
+    # | 0 | +1.69 0.58 | +1.69 0.57 | +1.69 0.57 | +1.67 0.58 | +1.68 0.58 |
+    # | 1 | +1.80 0.43 | +1.79 0.43 | +1.79 0.43 | +1.77 0.44 | +1.77 0.43 |
+    # | 2 | +1.74 0.60 | +1.75 0.61 | +1.75 0.61 | +1.77 0.61 | +1.80 0.61 |
+    # | 3 | +1.87 0.77 | +1.87 0.76 | +1.87 0.76 | +1.87 0.76 | +1.86 0.76 |
+    #
+    # Run-7 model (branch toy's retrained one, 32 groups), the same way:
+    #
+    # | seed | Haswell | Nehalem | Prescott | SkylakeX | bundled |
+    # |---|---|---|---|---|---|
+    # | 0 | +1.81 0.69 | +1.80 0.70 | +1.80 0.69 | +1.82 0.70 | +1.80 0.69 |
+    # | 1 | +1.70 0.47 | +1.72 0.46 | +1.71 0.45 | +1.72 0.46 | +1.69 0.44 |
+    # | 2 | +1.81 0.77 | +1.82 0.76 | +1.83 0.77 | +1.82 0.76 | +1.83 0.77 |
+    # | 3 | +1.80 0.81 | +1.81 0.79 | +1.83 0.77 | +1.81 0.79 | +1.82 0.80 |
+    #
+    # Worst cases: shift +1.67, weight 1 +0.74 (least blue image +0.60),
+    # share 0.43 to 0.81. Thresholds: shift 1.2 (and 6 of 8 images), weight
+    # 1 above 0.4, share between 0.2 and 0.95.
     result = E.train_recolour_lora(runs.pipe, tmp_path / "recolour.safetensors")
-    seconds = time.perf_counter() - start
-    assert seconds < 60, f"training took {seconds:.0f} s"
     r = E.lora(runs, result.path)
-    base, full, half = (mean(r[k]) for k in ("baseline", "weight 1", "weight 0.5"))
-    assert full - base > 0.6
-    assert base + 0.15 * (full - base) < half < full - 0.05 * (full - base)
+    base, half, full = (mean(r[k]) for k in ("baseline", "weight 0.5", "weight 1"))
+    assert_moves(r["baseline"], r["weight 1"], 1.2)
+    assert full > 0.4  # blue, not just less red
+    assert base < half < full  # toward blue as the weight grows
+    share = (half - base) / (full - base)
+    assert 0.2 < share < 0.95, share

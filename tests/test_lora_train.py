@@ -34,7 +34,7 @@ def config(tmp_path, **kw):
     base = dict(
         output=str(tmp_path / "out.safetensors"),
         rank=4,
-        learning_rate=1e-2,
+        learning_rate=3e-3,  # 1e-2 overshoots: eval loss down 0.88x to 0.92x by BLAS
         steps=30,
         batch_size=4,
         resolution=16,
@@ -65,7 +65,10 @@ def test_training_lowers_loss_and_round_trips(plain_sd, tmp_path):
     L.apply(pipe, lo)
     after = T.dataset_loss(pipe, data, cfg)
     L.remove(pipe)
-    assert after < 0.9 * before, (before, after)
+    # after / before, seeds 0-3 (tools/measure_lora.py --only tiny-train):
+    # 0.646 0.639 0.627 0.620 under OpenBLAS Haswell, Nehalem, Prescott,
+    # SkylakeX and MLX's bundled BLAS alike (at lr 1e-2: 0.88 to 0.92)
+    assert after < 0.8 * before, (before, after)
     assert np.isfinite(result.losses).all() and len(result.losses) == 30
 
 
