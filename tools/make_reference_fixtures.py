@@ -185,10 +185,12 @@ def _unet(kind: str, seed: int):
             use_linear_projection=False,
         )
     elif kind == "sd21":
+        # attention at level 0 (2 heads) and in the mid block (4 heads): per-block
+        # heads, in diffusers' order and reversed for the up blocks
         cfg = dict(
             block_out_channels=(32, 32),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             attention_head_dim=(2, 4),
             cross_attention_dim=16,
             use_linear_projection=True,

@@ -169,11 +169,22 @@ def lora_config(targets, rank_pattern=None, alpha_pattern=None, **extra):
 
 
 def randomise_b(model) -> None:
-    """PEFT's random init makes B like A; scale it down to a modest update."""
+    """PEFT's random init makes B like A; scale it down to a modest update.
+
+    A and B are then rounded to float16, the dtype the files hold, so every library
+    computes in float32 from exactly the values in the files.
+    """
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.mul_(B_STD / max(float(p.std()), 1e-12))
+            if "lora_" in name:
+                p.copy_(p.half().float())
+
+
+def half(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A LoRA state dict as the float16 tensors a file holds (values already float16)."""
+    return {k: v.half() for k, v in state.items()}
 
 
 def peft_lora(model, config) -> Dict[str, torch.Tensor]:
@@ -262,8 +273,9 @@ def kohya_tensors(
             name, prefix = "text_model." + module.removeprefix("text_model."), te[part]
         base = f"{prefix}_{name.replace('.', '_')}"
         suffix = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[role]
-        out[f"{base}.{suffix}"] = value.contiguous()
-        out[f"{base}.alpha"] = torch.tensor(float(alphas[key.rsplit(".lora_", 1)[0]]))
+        out[f"{base}.{suffix}"] = value.half().contiguous()  # kohya's fp16 saves
+        alpha = float(alphas[key.rsplit(".lora_", 1)[0]])
+        out[f"{base}.alpha"] = torch.tensor(alpha, dtype=torch.float16)
     return out
 
 
@@ -397,8 +409,8 @@ def make_sd(out: Path, ref: Path, tmp: Path, report: Dict[str, float]) -> None:
     meta_dir = out / "sd_diffusers_meta"
     StableDiffusionPipeline.save_lora_weights(
         meta_dir,
-        unet_lora_layers=unet_sd,
-        text_encoder_lora_layers=te_sd,
+        unet_lora_layers=half(unet_sd),
+        text_encoder_lora_layers=half(te_sd),
         unet_lora_adapter_metadata=config_dict(ucfg),
         text_encoder_lora_adapter_metadata=config_dict(tcfg),
     )
@@ -415,8 +427,8 @@ def make_sd(out: Path, ref: Path, tmp: Path, report: Dict[str, float]) -> None:
     plain = tmp / "plain"
     StableDiffusionPipeline.save_lora_weights(
         plain,
-        unet_lora_layers=subset(unet_sd, SD_PLAIN),
-        text_encoder_lora_layers=te_sd,
+        unet_lora_layers=half(subset(unet_sd, SD_PLAIN)),
+        text_encoder_lora_layers=half(te_sd),
     )
     plain_file = out / "sd_diffusers_plain.safetensors"
     shutil.copy(plain / "pytorch_lora_weights.safetensors", plain_file)
@@ -445,14 +457,14 @@ def make_sd(out: Path, ref: Path, tmp: Path, report: Dict[str, float]) -> None:
         fresh["unet"], lora_config(pattern(SD_PEFT), RANK_PATTERN, ALPHA_PATTERN)
     )
     randomise_b(model)
-    model.save_pretrained(str(peft_dir))
+    model.half().save_pretrained(str(peft_dir))
     save_npz(out / "sd_peft_unet.npz", peft_merged("sd", ref, "unet", peft_dir))
     rs_dir = out / "sd_peft_te_rslora"
     model = get_peft_model(
         fresh["text_encoder"], lora_config(pattern(SD_TE), use_rslora=True)
     )
     randomise_b(model)
-    model.save_pretrained(str(rs_dir))
+    model.half().save_pretrained(str(rs_dir))
     save_npz(
         out / "sd_peft_te_rslora.npz", peft_merged("sd", ref, "text_encoder", rs_dir)
     )
@@ -526,10 +538,11 @@ def make_lycoris(out: Path, ref: Path, report: Dict[str, float]) -> None:
         net.apply_to()
         with torch.no_grad():
             for name, p in net.named_parameters():
-                p.copy_(torch.randn_like(p) * (0.3 if algo == "loha" else 0.2))
+                scale = 0.3 if algo == "loha" else 0.2
+                p.copy_((torch.randn_like(p) * scale).half().float())  # as saved
         assert len(net.loras) == len(SD_LYCORIS), [m.lora_name for m in net.loras]
         path = out / f"sd_{algo}.safetensors"
-        net.save_weights(str(path), torch.float32, {})
+        net.save_weights(str(path), torch.float16, {})
         fused, worst = {}, 0.0
         with torch.no_grad():
             modules = dict(unet.named_modules())
