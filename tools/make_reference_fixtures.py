@@ -142,7 +142,7 @@ def _vae(scaling: float, seed: int):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(4, 8),
+        block_out_channels=(2, 4),  # the width changes between levels (a shortcut)
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=2,  # upstream's autoencoder honours the group count
