@@ -43,6 +43,7 @@ PROMPTS = [
     "a   sunset\n\tover the sea 1999",
 ]
 SEED = 0
+SDXL_WIDTHS = (8, 16)  # SDXL's two text encoders: the second wider, as in SDXL
 
 
 def _names():
@@ -202,11 +203,11 @@ def _unet(kind: str, seed: int):
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4),
             transformer_layers_per_block=(1, 2),
-            cross_attention_dim=16 + 32,
+            cross_attention_dim=sum(SDXL_WIDTHS),
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=32 + 6 * 8,
+            projection_class_embeddings_input_dim=SDXL_WIDTHS[1] + 6 * 8,
         )
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**common, **cfg)
@@ -228,9 +229,13 @@ def make_pipeline(kind: str, out: Path, tok) -> Path:
     act = "quick_gelu" if kind == "sd15" else "gelu"
     if kind == "sdxl":
         pipe = StableDiffusionXLPipeline(
-            text_encoder=_text_encoder(tok, "quick_gelu", False, seed + 20),
+            text_encoder=_text_encoder(
+                tok, "quick_gelu", False, seed + 20, width=SDXL_WIDTHS[0]
+            ),
             # wider than the first, as in SDXL (diffusers tells the two apart by width)
-            text_encoder_2=_text_encoder(tok, "gelu", True, seed + 30, width=32),
+            text_encoder_2=_text_encoder(
+                tok, "gelu", True, seed + 30, width=SDXL_WIDTHS[1]
+            ),
             tokenizer_2=tok,
             **parts,
         )
@@ -409,7 +414,7 @@ def make_references(kind: str, out: Path, folder: Path) -> Path:
         ref.update(unet_x=x.numpy(), unet_t=t.numpy(), unet_context=ctx.numpy())
         kw = {}
         if kind == "sdxl":
-            text_embeds = torch.randn(2, 32, generator=g)
+            text_embeds = torch.randn(2, SDXL_WIDTHS[1], generator=g)
             time_ids = torch.tensor(
                 [[16, 16, 0, 0, 16, 16], [32, 24, 2, 4, 32, 24]]
             ).float()
