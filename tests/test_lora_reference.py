@@ -1,9 +1,10 @@
 """LoRA files written by diffusers, PEFT and in kohya naming fuse to the weights those libraries compute.
 
 The fixtures (tests/fixtures/reference/lora, made by tools/reference_lora.py with
-diffusers 0.42, transformers 5, peft 0.21) hold float16 base models saved with
-``save_pretrained``, the LoRA files, and the fused float32 weights of the changed
-layers as diffusers' ``fuse_lora`` / PEFT's ``merge_and_unload`` computed them.
+diffusers 0.42, transformers 5, peft 0.21) hold the LoRA files and the fused float32
+weights of the changed layers as diffusers' ``fuse_lora`` / PEFT's ``merge_and_unload``
+computed them. The bases are the float16 model fixtures next to them: the SD 1.5-shaped
+single file and the SDXL-shaped folder.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import pytest
 from mlx.utils import tree_flatten, tree_map
 
 from pulse_plugin import lora as L
-from pulse_plugin import tensorfile
-from pulse_plugin.models import folder
+from pulse_plugin import models, tensorfile
 
-FIX = Path(__file__).parent / "fixtures" / "reference" / "lora"
+REF = Path(__file__).parent / "fixtures" / "reference"
+FIX = REF / "lora"
+BASES = {  # kind: (model fixture, load options), as tools/reference_lora.py reads them
+    "sd": ("sd15_single_file.safetensors", {"config": "sd15"}),
+    "sdxl": ("sdxl", {}),
+}
 TOLERANCE = 1e-4  # max |ours - theirs| / max |theirs| per weight, float32
 
 
@@ -33,13 +38,17 @@ def float32(model):
 
 def base(sd, kind: str):
     """The fixture base as upstream models (float32), on an object LoRA code can use."""
-    root = FIX / f"{kind}_base"
-    parts = {"unet": float32(folder.load_unet(sd, root / "unet"))}
-    parts["text_encoder"] = float32(folder.load_text_encoder(sd, root / "text_encoder"))
+    path, options = BASES[kind]
+    pipe = models.load_pipeline(
+        REF / path, sd, **{k: REF / v for k, v in options.items()}
+    )
     if kind == "sdxl":
-        te2 = folder.load_text_encoder(sd, root / "text_encoder_2")
-        parts["text_encoder_2"] = float32(te2)
-    return SimpleNamespace(**parts)
+        encoders = {"text_encoder": pipe.text_encoder_1}
+        encoders["text_encoder_2"] = pipe.text_encoder_2
+    else:
+        encoders = {"text_encoder": pipe.text_encoder}
+    parts = {"unet": pipe.unet, **encoders}
+    return SimpleNamespace(**{k: float32(v) for k, v in parts.items()})
 
 
 def params(pipe):
@@ -223,7 +232,7 @@ def test_lycoris_runtime_adapters_match_fused(plain_sd, algo, tmp_path):
     pipe = base(plain_sd, "sd")
     k1, k2 = mx.random.split(mx.random.key(3))
     x = mx.random.normal((1, 8, 8, 4), key=k1)
-    cond = mx.random.normal((1, 5, 32), key=k2)
+    cond = mx.random.normal((1, 5, 16), key=k2)  # the base's cross_attention_dim
 
     def out():
         y = pipe.unet(x, mx.array([500.0]), encoder_x=cond)

@@ -283,7 +283,7 @@ def test_cli_refuses_an_unloadable_model_with_one_message(sd21, capsys):
             },
             "two text encoders",
         ),
-        ("sdxl", "text_encoder_2", {"projection_dim": 24}, "needs a 32-wide pooled"),
+        ("sdxl", "text_encoder_2", {"projection_dim": 24}, "needs a 16-wide pooled"),
         (
             "sd21",
             "vae",

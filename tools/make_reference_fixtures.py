@@ -43,6 +43,7 @@ PROMPTS = [
     "a   sunset\n\tover the sea 1999",
 ]
 SEED = 0
+SDXL_WIDTHS = (8, 16)  # SDXL's two text encoders: the second wider, as in SDXL
 
 
 def _names():
@@ -142,7 +143,7 @@ def _vae(scaling: float, seed: int):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(4, 8),
+        block_out_channels=(2, 4),  # the width changes between levels (a shortcut)
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=2,  # upstream's autoencoder honours the group count
@@ -185,10 +186,12 @@ def _unet(kind: str, seed: int):
             use_linear_projection=False,
         )
     elif kind == "sd21":
+        # attention at level 0 (2 heads) and in the mid block (4 heads): per-block
+        # heads, in diffusers' order and reversed for the up blocks
         cfg = dict(
             block_out_channels=(32, 32),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             attention_head_dim=(2, 4),
             cross_attention_dim=16,
             use_linear_projection=True,
@@ -200,11 +203,11 @@ def _unet(kind: str, seed: int):
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4),
             transformer_layers_per_block=(1, 2),
-            cross_attention_dim=16 + 32,
+            cross_attention_dim=sum(SDXL_WIDTHS),
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=32 + 6 * 8,
+            projection_class_embeddings_input_dim=SDXL_WIDTHS[1] + 6 * 8,
         )
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**common, **cfg)
@@ -226,9 +229,13 @@ def make_pipeline(kind: str, out: Path, tok) -> Path:
     act = "quick_gelu" if kind == "sd15" else "gelu"
     if kind == "sdxl":
         pipe = StableDiffusionXLPipeline(
-            text_encoder=_text_encoder(tok, "quick_gelu", False, seed + 20),
+            text_encoder=_text_encoder(
+                tok, "quick_gelu", False, seed + 20, width=SDXL_WIDTHS[0]
+            ),
             # wider than the first, as in SDXL (diffusers tells the two apart by width)
-            text_encoder_2=_text_encoder(tok, "gelu", True, seed + 30, width=32),
+            text_encoder_2=_text_encoder(
+                tok, "gelu", True, seed + 30, width=SDXL_WIDTHS[1]
+            ),
             tokenizer_2=tok,
             **parts,
         )
@@ -407,7 +414,7 @@ def make_references(kind: str, out: Path, folder: Path) -> Path:
         ref.update(unet_x=x.numpy(), unet_t=t.numpy(), unet_context=ctx.numpy())
         kw = {}
         if kind == "sdxl":
-            text_embeds = torch.randn(2, 32, generator=g)
+            text_embeds = torch.randn(2, SDXL_WIDTHS[1], generator=g)
             time_ids = torch.tensor(
                 [[16, 16, 0, 0, 16, 16], [32, 24, 2, 4, 32, 24]]
             ).float()

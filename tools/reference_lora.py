@@ -6,8 +6,10 @@ safetensors (CI never runs this; the fixtures are committed):
 
     /work/refenv/bin/python tools/reference_lora.py [--out tests/fixtures/reference]
 
-Bases are tiny random-weight models saved with ``save_pretrained`` (an SD 1.x- and
-an SDXL-shaped UNet and text encoders, 32 groups). LoRA weights are made by PEFT
+The bases are the model fixtures next to ``lora/`` (written first by
+tools/make_reference_fixtures.py): the SD 1.5-shaped single file with its config
+folder, read by diffusers' ``from_single_file``, and the SDXL-shaped folder, both
+float16 and upcast to float32 for every computation. LoRA weights are made by PEFT
 (``LoraConfig`` with random A and B) and written by the libraries' own savers
 (diffusers ``save_lora_weights`` with and without ``lora_adapter_metadata``, PEFT
 ``save_pretrained``); kohya files carry the same weights under the key names kohya's
@@ -116,84 +118,37 @@ def allow_peft_021() -> None:
     tp.check_peft_version = lambda min_version=None: None
 
 
-def sd_unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32,),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D",),
-        up_block_types=("CrossAttnUpBlock2D",),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=32,
-    )
+# The bases are the model fixtures (tools/make_reference_fixtures.py writes them first):
+# the SD 1.5-shaped single file with its config folder, and the SDXL-shaped folder.
+SD_BASE = ("sd15_single_file.safetensors", "sd15")
+SDXL_BASE = "sdxl"
 
 
-def sdxl_unet():
-    from diffusers import UNet2DConditionModel
+def load_pipe(kind: str, ref: Path):
+    """The model fixture as a diffusers pipeline, upcast to float32 (its files hold float16)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 32),
-        layers_per_block=1,
-        transformer_layers_per_block=(1, 1),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,
-        norm_num_groups=32,
-    )
-
-
-def text_encoder(projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=32,
-        bos_token_id=62,
-        eos_token_id=63,
-        pad_token_id=63,
-    )
-    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-    return cls(config)
-
-
-def save_base(models: Dict[str, torch.nn.Module], folder: Path) -> None:
-    """save_pretrained in float16 (half the bytes); every use upcasts to float32."""
-    for part, model in models.items():
-        model.half().save_pretrained(folder / part, safe_serialization=True)
-
-
-def load_base(kind: str, folder: Path) -> Dict[str, torch.nn.Module]:
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    out = {"unet": UNet2DConditionModel.from_pretrained(folder / "unet")}
-    out["text_encoder"] = CLIPTextModel.from_pretrained(folder / "text_encoder")
     if kind == "sdxl":
-        out["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
-            folder / "text_encoder_2"
+        return StableDiffusionXLPipeline.from_pretrained(
+            ref / SDXL_BASE, torch_dtype=torch.float32
         )
-    for model in out.values():
-        model.eval().float()
-    return out
+    file, config = SD_BASE
+    return StableDiffusionPipeline.from_single_file(
+        str(ref / file),
+        config=str(ref / config),
+        torch_dtype=torch.float32,
+        local_files_only=True,
+    )
+
+
+def parts(pipe) -> Dict[str, torch.nn.Module]:
+    """The pipeline's models that LoRA files change."""
+    names = ("unet", "text_encoder", "text_encoder_2")
+    return {n: getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None}
+
+
+def load_base(kind: str, ref: Path) -> Dict[str, torch.nn.Module]:
+    return {n: m.eval() for n, m in parts(load_pipe(kind, ref)).items()}
 
 
 # ---------------------------------------------------------------- LoRA weights by PEFT
@@ -214,11 +169,22 @@ def lora_config(targets, rank_pattern=None, alpha_pattern=None, **extra):
 
 
 def randomise_b(model) -> None:
-    """PEFT's random init makes B like A; scale it down to a modest update."""
+    """PEFT's random init makes B like A; scale it down to a modest update.
+
+    A and B are then rounded to float16, the dtype the files hold, so every library
+    computes in float32 from exactly the values in the files.
+    """
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.mul_(B_STD / max(float(p.std()), 1e-12))
+            if "lora_" in name:
+                p.copy_(p.half().float())
+
+
+def half(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A LoRA state dict as the float16 tensors a file holds (values already float16)."""
+    return {k: v.half() for k, v in state.items()}
 
 
 def peft_lora(model, config) -> Dict[str, torch.Tensor]:
@@ -307,8 +273,9 @@ def kohya_tensors(
             name, prefix = "text_model." + module.removeprefix("text_model."), te[part]
         base = f"{prefix}_{name.replace('.', '_')}"
         suffix = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[role]
-        out[f"{base}.{suffix}"] = value.contiguous()
-        out[f"{base}.alpha"] = torch.tensor(float(alphas[key.rsplit(".lora_", 1)[0]]))
+        out[f"{base}.{suffix}"] = value.half().contiguous()  # kohya's fp16 saves
+        alpha = float(alphas[key.rsplit(".lora_", 1)[0]])
+        out[f"{base}.alpha"] = torch.tensor(alpha, dtype=torch.float16)
     return out
 
 
@@ -325,49 +292,7 @@ def module_alphas(config, state: Dict[str, torch.Tensor]) -> Dict[str, float]:
     return out
 
 
-# ---------------------------------------------------------------- diffusers pipelines
-
-
-def _tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    chars = [chr(c) for c in range(97, 123)]
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-
-
-def pipeline(kind: str, models: Dict[str, torch.nn.Module], tmp: Path):
-    """A diffusers pipeline around the base models (tiny VAE, tokenizer, scheduler)."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-    )
-
-    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=32, latent_channels=4)
-    tok = _tokenizer(tmp)
-    common = dict(vae=vae, unet=models["unet"], scheduler=EulerDiscreteScheduler())
-    if kind == "sdxl":
-        return StableDiffusionXLPipeline(
-            text_encoder=models["text_encoder"],
-            text_encoder_2=models["text_encoder_2"],
-            tokenizer=tok,
-            tokenizer_2=tok,
-            **common,
-        )
-    return StableDiffusionPipeline(
-        text_encoder=models["text_encoder"],
-        tokenizer=tok,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        **common,
-    )
+# ---------------------------------------------------------------- references
 
 
 def weights(models: Dict[str, torch.nn.Module]) -> Dict[str, np.ndarray]:
@@ -386,26 +311,22 @@ def changed(
     return {k: v for k, v in after.items() if not np.array_equal(v, before[k])}
 
 
-def diffusers_fused(
-    kind: str, base: Path, lora_file: Path, tmp: Path
-) -> Dict[str, np.ndarray]:
+def diffusers_fused(kind: str, ref: Path, lora_file: Path) -> Dict[str, np.ndarray]:
     """diffusers' load_lora_weights + fuse_lora on a fresh load of the base."""
-    models = load_base(kind, base)
+    pipe = load_pipe(kind, ref)
+    models = parts(pipe)
     before = weights(models)
-    pipe = pipeline(kind, models, tmp)
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     return changed(before, weights(models))
 
 
-def peft_merged(
-    kind: str, base: Path, part: str, folder: Path
-) -> Dict[str, np.ndarray]:
+def peft_merged(kind: str, ref: Path, part: str, folder: Path) -> Dict[str, np.ndarray]:
     """PEFT's PeftModel.from_pretrained + merge_and_unload on a fresh load of the base."""
     from peft import PeftModel
 
-    models = load_base(kind, base)
+    models = load_base(kind, ref)
     before = weights(models)
     models[part] = PeftModel.from_pretrained(
         models[part], str(folder)
@@ -414,13 +335,13 @@ def peft_merged(
 
 
 def peft_reference(
-    kind: str, base: Path, adapters: Dict[str, Tuple[object, Dict[str, torch.Tensor]]]
+    kind: str, ref: Path, adapters: Dict[str, Tuple[object, Dict[str, torch.Tensor]]]
 ) -> Dict[str, np.ndarray]:
     """PEFT's merge of given adapter weights, each under its LoraConfig, on a fresh base."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import set_peft_model_state_dict
 
-    models = load_base(kind, base)
+    models = load_base(kind, ref)
     before = weights(models)
     for part, (config, state) in adapters.items():
         models[part].add_adapter(config)
@@ -473,14 +394,12 @@ def subset(state: Dict[str, torch.Tensor], modules) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.rsplit(".lora_", 1)[0] in modules}
 
 
-def make_sd(out: Path, tmp: Path, report: Dict[str, float]) -> None:
+def make_sd(out: Path, ref: Path, tmp: Path, report: Dict[str, float]) -> None:
     from diffusers import StableDiffusionPipeline
     from peft import get_peft_model
     from safetensors.torch import save_file
 
-    base = out / "sd_base"
-    save_base({"unet": sd_unet(), "text_encoder": text_encoder(False)}, base)
-    models = load_base("sd", base)
+    models = load_base("sd", ref)
     ucfg = lora_config(pattern(SD_UNET), RANK_PATTERN, ALPHA_PATTERN)
     tcfg = lora_config(pattern(SD_TE), alpha_pattern={"fc1": 2.0})
     unet_sd = peft_lora(models["unet"], ucfg)
@@ -490,17 +409,15 @@ def make_sd(out: Path, tmp: Path, report: Dict[str, float]) -> None:
     meta_dir = out / "sd_diffusers_meta"
     StableDiffusionPipeline.save_lora_weights(
         meta_dir,
-        unet_lora_layers=unet_sd,
-        text_encoder_lora_layers=te_sd,
+        unet_lora_layers=half(unet_sd),
+        text_encoder_lora_layers=half(te_sd),
         unet_lora_adapter_metadata=config_dict(ucfg),
         text_encoder_lora_adapter_metadata=config_dict(tcfg),
     )
-    fused = diffusers_fused(
-        "sd", base, meta_dir / "pytorch_lora_weights.safetensors", tmp
-    )
+    fused = diffusers_fused("sd", ref, meta_dir / "pytorch_lora_weights.safetensors")
     save_npz(out / "sd_diffusers_meta.npz", fused)
     reference = peft_reference(
-        "sd", base, {"unet": (ucfg, unet_sd), "text_encoder": (tcfg, te_sd)}
+        "sd", ref, {"unet": (ucfg, unet_sd), "text_encoder": (tcfg, te_sd)}
     )
     report["sd diffusers+metadata: diffusers vs PEFT's merge"] = max_rel(
         fused, reference
@@ -510,18 +427,16 @@ def make_sd(out: Path, tmp: Path, report: Dict[str, float]) -> None:
     plain = tmp / "plain"
     StableDiffusionPipeline.save_lora_weights(
         plain,
-        unet_lora_layers=subset(unet_sd, SD_PLAIN),
-        text_encoder_lora_layers=te_sd,
+        unet_lora_layers=half(subset(unet_sd, SD_PLAIN)),
+        text_encoder_lora_layers=half(te_sd),
     )
     plain_file = out / "sd_diffusers_plain.safetensors"
     shutil.copy(plain / "pytorch_lora_weights.safetensors", plain_file)
-    save_npz(
-        out / "sd_diffusers_plain.npz", diffusers_fused("sd", base, plain_file, tmp)
-    )
+    save_npz(out / "sd_diffusers_plain.npz", diffusers_fused("sd", ref, plain_file))
 
     # kohya SD 1.x: diffusers module names with '_', alphas as tensors
     kcfg = lora_config(pattern(SD_KOHYA), RANK_PATTERN, KOHYA_ALPHA_PATTERN)
-    kohya_unet = peft_lora(load_base("sd", base)["unet"], kcfg)
+    kohya_unet = peft_lora(load_base("sd", ref)["unet"], kcfg)
     prefixed = {f"unet.{k}": v for k, v in kohya_unet.items()}
     alphas = module_alphas(kcfg, prefixed)
     te = {f"text_encoder.{k}": v for k, v in te_sd.items()}
@@ -529,47 +444,38 @@ def make_sd(out: Path, tmp: Path, report: Dict[str, float]) -> None:
     prefixed.update(te)
     kohya_file = out / "sd_kohya.safetensors"
     save_file(kohya_tensors(prefixed, alphas, False, {}, 1), str(kohya_file))
-    fused = diffusers_fused("sd", base, kohya_file, tmp)
+    fused = diffusers_fused("sd", ref, kohya_file)
     reference = peft_reference(
-        "sd", base, {"unet": (kcfg, kohya_unet), "text_encoder": (tcfg, te_sd)}
+        "sd", ref, {"unet": (kcfg, kohya_unet), "text_encoder": (tcfg, te_sd)}
     )
     save_npz(out / "sd_kohya.npz", checked_kohya("sd kohya", fused, reference, report))
 
     # PEFT save_pretrained: a UNet adapter, and an rsLoRA text-encoder adapter
-    fresh = load_base("sd", base)
+    fresh = load_base("sd", ref)
     peft_dir = out / "sd_peft_unet"
     model = get_peft_model(
         fresh["unet"], lora_config(pattern(SD_PEFT), RANK_PATTERN, ALPHA_PATTERN)
     )
     randomise_b(model)
-    model.save_pretrained(str(peft_dir))
-    save_npz(out / "sd_peft_unet.npz", peft_merged("sd", base, "unet", peft_dir))
+    model.half().save_pretrained(str(peft_dir))
+    save_npz(out / "sd_peft_unet.npz", peft_merged("sd", ref, "unet", peft_dir))
     rs_dir = out / "sd_peft_te_rslora"
     model = get_peft_model(
         fresh["text_encoder"], lora_config(pattern(SD_TE), use_rslora=True)
     )
     randomise_b(model)
-    model.save_pretrained(str(rs_dir))
+    model.half().save_pretrained(str(rs_dir))
     save_npz(
-        out / "sd_peft_te_rslora.npz", peft_merged("sd", base, "text_encoder", rs_dir)
+        out / "sd_peft_te_rslora.npz", peft_merged("sd", ref, "text_encoder", rs_dir)
     )
     for folder in (peft_dir, rs_dir):
         (folder / "README.md").unlink()  # PEFT's model-card template, not a fixture
 
 
-def make_sdxl(out: Path, tmp: Path, report: Dict[str, float]) -> None:
+def make_sdxl(out: Path, ref: Path, report: Dict[str, float]) -> None:
     from safetensors.torch import save_file
 
-    base = out / "sdxl_base"
-    save_base(
-        {
-            "unet": sdxl_unet(),
-            "text_encoder": text_encoder(False),
-            "text_encoder_2": text_encoder(True),
-        },
-        base,
-    )
-    models = load_base("sdxl", base)
+    models = load_base("sdxl", ref)
     ucfg = lora_config(pattern(SDXL_UNET), RANK_PATTERN, KOHYA_ALPHA_PATTERN)
     unet_sd = peft_lora(models["unet"], ucfg)
     adapters = {"unet": (ucfg, unet_sd)}
@@ -588,8 +494,8 @@ def make_sdxl(out: Path, tmp: Path, report: Dict[str, float]) -> None:
     }
     kohya_file = out / "sdxl_kohya_sgm.safetensors"
     save_file(kohya_tensors(state, alphas, True, up_attention, 1), str(kohya_file))
-    fused = diffusers_fused("sdxl", base, kohya_file, tmp)
-    reference = peft_reference("sdxl", base, adapters)
+    fused = diffusers_fused("sdxl", ref, kohya_file)
+    reference = peft_reference("sdxl", ref, adapters)
     save_npz(
         out / "sdxl_kohya_sgm.npz",
         checked_kohya("sdxl kohya SGM", fused, reference, report),
@@ -612,7 +518,7 @@ def forward_vs_weight(module, weight: np.ndarray) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
-def make_lycoris(out: Path, report: Dict[str, float]) -> None:
+def make_lycoris(out: Path, ref: Path, report: Dict[str, float]) -> None:
     """LoHa and LoKr files written by lycoris-lora, with the weights its modules compute.
 
     The reference is base + each module's ``get_weight`` (alpha / dim applied once),
@@ -621,9 +527,8 @@ def make_lycoris(out: Path, report: Dict[str, float]) -> None:
     """
     from lycoris import LycorisNetwork, create_lycoris
 
-    base = out / "sd_base"
     for algo, kwargs in LYCORIS_ALGOS.items():
-        models = load_base("sd", base)
+        models = load_base("sd", ref)
         unet = models["unet"]
         before = weights(models)
         LycorisNetwork.apply_preset(
@@ -633,10 +538,11 @@ def make_lycoris(out: Path, report: Dict[str, float]) -> None:
         net.apply_to()
         with torch.no_grad():
             for name, p in net.named_parameters():
-                p.copy_(torch.randn_like(p) * (0.3 if algo == "loha" else 0.2))
+                scale = 0.3 if algo == "loha" else 0.2
+                p.copy_((torch.randn_like(p) * scale).half().float())  # as saved
         assert len(net.loras) == len(SD_LYCORIS), [m.lora_name for m in net.loras]
         path = out / f"sd_{algo}.safetensors"
-        net.save_weights(str(path), torch.float32, {})
+        net.save_weights(str(path), torch.float16, {})
         fused, worst = {}, 0.0
         with torch.no_grad():
             modules = dict(unet.named_modules())
@@ -665,8 +571,16 @@ def make_lycoris(out: Path, report: Dict[str, float]) -> None:
 
 
 def make(out: Path) -> Path:
-    """Write every LoRA fixture into ``out / 'lora'``; returns that folder."""
-    lora = Path(out) / "lora"
+    """Write every LoRA fixture into ``out / 'lora'``; returns that folder.
+
+    The bases are the model fixtures in ``out`` (``SD_BASE``, ``SDXL_BASE``), which
+    tools/make_reference_fixtures.py writes before it calls this.
+    """
+    out = Path(out)
+    for base in (out / SD_BASE[0], out / SD_BASE[1], out / SDXL_BASE):
+        if not base.exists():
+            raise SystemExit(f"{base}: missing; run tools/make_reference_fixtures.py")
+    lora = out / "lora"
     lora.mkdir(parents=True, exist_ok=True)
     for old in lora.iterdir():  # everything but the README is rewritten
         if old.name != "README.md":
@@ -675,9 +589,9 @@ def make(out: Path) -> Path:
     torch.manual_seed(SEED)
     report: Dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        make_sd(lora, Path(tmp), report)
-        make_sdxl(lora, Path(tmp), report)
-        make_lycoris(lora, report)
+        make_sd(lora, out, Path(tmp), report)
+    make_sdxl(lora, out, report)
+    make_lycoris(lora, out, report)
     for name, value in report.items():
         print(f"check: {name}: max relative difference {value:.2e}")
         assert value <= 1e-5 or "not asserted" in name, name
