@@ -332,6 +332,18 @@ def save_png(image, path: Path, scale: int = 1) -> Path:
     return path
 
 
+def write_compare(
+    out: Path, images: Sequence, labels: Sequence[str], size: int
+) -> None:
+    """Write OUT-compare.png: the images side by side, labelled, upscaled for display."""
+    import numpy as np
+
+    grid = side_by_side(images, labels, scale=display_scale(size))
+    compare = out.with_name(out.stem + "-compare.png")
+    save_png(np.asarray(grid), compare)
+    print(f"wrote {compare}")
+
+
 # ------------------------------------------------------------- subcommands
 def build_recipe(args) -> Recipe:
     """The recipe file (if any) and the technique flags, each checked once."""
@@ -387,8 +399,6 @@ def settings_for(
 
 
 def cmd_generate(args) -> int:
-    import numpy as np
-
     out = Path(args.output)
     check_output(out)
     scale = checks.integer("--scale", args.scale, 1, 64, error=CliError)
@@ -408,12 +418,7 @@ def cmd_generate(args) -> int:
     for line in done:
         print(f"  {line}")
     if args.compare:
-        grid = side_by_side(
-            [base, image], ["baseline", "with techniques"], scale=display_scale(s.size)
-        )
-        compare = out.with_name(out.stem + "-compare.png")
-        save_png(np.asarray(grid), compare)
-        print(f"wrote {compare}")
+        write_compare(out, [base, image], ["baseline", "with techniques"], s.size)
     return 0
 
 
@@ -452,7 +457,6 @@ def _window(flag: str, text: Optional[str]) -> Optional[Tuple]:
 
 def cmd_edit(args) -> int:
     """Prompt-to-prompt: the source and the edit in one batch; -o is the edit."""
-    import numpy as np
     from tqdm import tqdm
 
     from .pulse import Pulse
@@ -499,12 +503,7 @@ def cmd_edit(args) -> int:
     save_png(edited, out, args.scale)
     print(f"wrote {out} (the edit of {args.source!r} into {args.edit!r})")
     if args.compare:
-        grid = side_by_side(
-            [source, edited], ["source", "edit"], scale=display_scale(s.size)
-        )
-        compare = out.with_name(out.stem + "-compare.png")
-        save_png(np.asarray(grid), compare)
-        print(f"wrote {compare}")
+        write_compare(out, [source, edited], ["source", "edit"], s.size)
     return 0
 
 

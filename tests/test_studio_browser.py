@@ -21,19 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pulse_plugin.studio.browser import CHROMIUM_FLAGS
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,1100",
-)
+FLAGS = (*CHROMIUM_FLAGS, "--window-size=1280,1100")
 
 # CI sets PULSE_REQUIRE_BROWSER=1 so that a missing browser fails instead of skipping
 REQUIRED = os.environ.get("PULSE_REQUIRE_BROWSER") == "1"

@@ -26,20 +26,10 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from pulse_plugin.studio.browser import CHROMIUM_FLAGS  # noqa: E402
 from pulse_plugin.studio.server import Studio, make_server  # noqa: E402
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--window-size=1280,1150",
-]
+FLAGS = [*CHROMIUM_FLAGS, "--hide-scrollbars", "--window-size=1280,1150"]
 
 
 def wait_done(d, kind: str, timeout: float = 120) -> None:
