@@ -757,11 +757,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         blas.reexec_with_openblas("pulse_plugin.cli")
     from .pulse import PulseError
     from .sampling import NonFiniteError
+    from .upstream import UpstreamError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ValueError, PulseError, NonFiniteError) as err:
+    except (CliError, ValueError, PulseError, NonFiniteError, UpstreamError) as err:
         print(f"pulse: error: {err}", file=sys.stderr)  # RecipeError, LoRAError, ...
         return 2
     except OSError as err:  # a file named on the command line or in a recipe

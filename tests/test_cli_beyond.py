@@ -1,5 +1,10 @@
 """pulse edit, --pag and --weights end to end: the same images as the Python API."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -88,3 +93,29 @@ def test_weights_and_bends_do_not_mix(model_dir, tmp_path, capsys):  # noqa: F81
     argv = ["generate", "a (red) circle", "--weights", "a1111", "--bend", bends]
     assert run(*argv, "--model", model_dir, "-o", tmp_path / "x.png") == 2
     assert "use one of them" in capsys.readouterr().err
+
+
+def test_a_modified_upstream_is_one_line_exit_2(tmp_path):
+    """pulse refuses an upstream that fails the pinned hashes: exit 2, no traceback."""
+    from pulse_plugin import upstream
+
+    pristine = tmp_path / "pristine"
+    upstream.fetch_pristine(pristine)
+    checkout = tmp_path / "mine"
+    shutil.copytree(pristine / "stable_diffusion", checkout / "stable_diffusion")
+    with open(checkout / "stable_diffusion" / "stable_diffusion" / "vae.py", "a") as f:
+        f.write("# my change\n")
+    env = {
+        **os.environ,
+        "PULSE_UPSTREAM_CHECKOUT": str(checkout),
+        "PULSE_CACHE": str(tmp_path / "cache"),
+    }
+    env.pop(upstream.ALLOW_MODIFIED_ENV, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pulse_plugin.cli", "blocks"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "vae.py" in result.stderr and "Traceback" not in result.stderr
