@@ -66,28 +66,37 @@ DEMOS: List[Demo] = [
         "injection-window",
         "Prompt injection, late (low-sigma) steps only",
         "a red circle",
-        "'a blue square' is injected only while sigma is below 2. On the toy model these late "
-        "steps still set the colour and the outline: a blue square (injected from sigma 14.6 "
-        "down to 2 instead, nothing visible changes).",
-        {
-            "inject": [
+        "'a blue square' injected only while sigma is below a bound (of 20 steps from sigma "
+        "14.6): below 2 (the last 11 steps) the red circle turns blue but keeps no clear "
+        "outline, a blob with stray specks (middle); below 9 (all but the first 2 steps) "
+        "it becomes a blue square (right): on the toy model late steps still set the "
+        "colour, the outline is settled earlier.",
+        variants=[
+            (
+                f"sigma < {bound:g}",
                 {
-                    "block": "all",
-                    "prompt": "a blue square",
-                    "sigma_start": 2.0,
-                    "sigma_end": 0.0,
-                }
-            ]
-        },
+                    "inject": [
+                        {
+                            "block": "all",
+                            "prompt": "a blue square",
+                            "sigma_start": bound,
+                            "sigma_end": 0.0,
+                        }
+                    ]
+                },
+            )
+            for bound in (2.0, 9.0)
+        ],
     ),
     Demo(
         "multi-scale",
         "Multi-scale: structure level vs detail level",
         "a red circle",
-        "'a green square' injected at the lowest-resolution (structure) sites only changes "
-        "nothing visible on the toy model (middle); at the highest-resolution (detail) sites "
-        "only, the red circle becomes a green square (right): this model settles colour and "
-        "outline at the detail level.",
+        "'a green square' injected at the lowest-resolution (structure) sites only keeps "
+        "the colour but moves the layout on the toy model: the red circle is drawn right "
+        "of centre, reshaped (middle); at the highest-resolution (detail) sites only, it "
+        "becomes a green square in place (right): this model settles colour and outline at "
+        "the detail level.",
         variants=[
             (
                 "structure",
@@ -100,10 +109,10 @@ DEMOS: List[Demo] = [
         "reweight",
         "Token re-weighting",
         "a blue red circle on the left",
-        "A caption naming two colours confuses the toy model: it draws a yellowish blob and a "
-        "second object. With attention to 'red' scaled by 0.1 (probabilities renormalised) on "
-        "every site, it draws one blue circle on the left.",
-        {"reweight": [{"phrase": "red", "scale": 0.1}]},
+        "A caption naming two colours confuses the toy model: it draws a red circle on the "
+        "left and more objects below it. With attention to 'red' scaled by 0.05 "
+        "(probabilities renormalised) on every site, it draws one blue circle on the left.",
+        {"reweight": [{"phrase": "red", "scale": 0.05}]},
     ),
     Demo(
         "mask",
@@ -116,14 +125,14 @@ DEMOS: List[Demo] = [
     Demo(
         "regional",
         "Regional injection",
-        "a yellow circle on the left and a red square on the right",
-        "'a blue circle on the left and a green square on the right' only in the left half "
-        "(mask area-resized to each block): the toy model draws the two objects as one "
-        "blob; its left half turns from yellow to blue, its right half stays red.",
+        "a red circle on the left and a red square on the right",
+        "'a blue circle on the left and a blue square on the right' only in the left half "
+        "(mask area-resized to each block): the left object turns from red to blue, the "
+        "right one stays red.",
         {
             "region": [
                 {
-                    "prompt": "a blue circle on the left and a green square on the right",
+                    "prompt": "a blue circle on the left and a blue square on the right",
                     "mask": "left",
                     "weight": 1.0,
                 }
@@ -152,7 +161,7 @@ DEMOS: List[Demo] = [
         "bend-regional-mask",
         "Attention bending: regional mask",
         "a (red) (circle)",
-        "A caption with no position word (drawn right of centre here); the maps of 'red' and "
+        "A caption with no position word (drawn in the centre here); the maps of 'red' and "
         "'circle' are kept in the left half only, and the circle moves left.",
         _bends("regional_mask", ("red", "circle"), region=[0.0, 0.0, 0.5, 1.0]),
     ),
@@ -169,8 +178,8 @@ DEMOS: List[Demo] = [
         "Self-attention control",
         "a yellow circle on the left",
         "Self-attention between the left and right halves cut (scale 0, both ways): a small "
-        "change on the toy model, the circle comes out smaller and a purer yellow. The third "
-        f"picture is the difference, {DIFF_GAIN}x amplified.",
+        "change on the toy model: the circle comes out a little smaller, its colour unchanged "
+        f"(yellow). The third picture is the difference, {DIFF_GAIN}x amplified.",
         {
             "self_attention": [
                 {

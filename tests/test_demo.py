@@ -66,27 +66,34 @@ def test_injection_panels(gallery):
     out, _ = gallery
     base, blue = tiles(out, "injection")
     assert colour(base) == "red" and colour(blue) == "blue"  # measured: red, blue
-    base, late = tiles(out, "injection-window")
-    assert colour(late) == "blue"
-    assert E.fill_ratio(late) > E.fill_ratio(base) + 0.08  # a square: 0.84 vs 0.69
+    base, last, late = tiles(out, "injection-window")
+    assert colour(last) == "blue" and colour(late) == "blue"  # measured: blue, blue
+    # below sigma 2 no clear outline (stray specks), below 9 a square: measured fill
+    # 0.35 (4 objects) and 0.88 (1 object) vs 0.61 for the red circle
+    assert E.fill_ratio(last) < E.fill_ratio(base) - 0.1 and E.object_count(last) > 1
+    assert E.fill_ratio(late) > E.fill_ratio(base) + 0.1
+    assert E.object_count(late) == 1
 
 
-def test_multi_scale_structure_changes_nothing_and_detail_draws_a_green_square(
+def test_multi_scale_structure_moves_the_layout_and_detail_draws_a_green_square(
     gallery,
 ):
     out, _ = gallery
     base, structure, detail = tiles(out, "multi-scale")
-    assert colour(structure) == "red" and changed(structure, base) < 6  # measured 2.2
+    assert colour(structure) == "red"  # the colour stays
+    # right of centre: measured centroid x 0.70 vs 0.50
+    assert E.centroid(structure)[0] > E.centroid(base)[0] + 0.1
     assert colour(detail) == "green"
-    assert E.fill_ratio(detail) > E.fill_ratio(base) + 0.1  # measured 0.89 vs 0.69
+    assert abs(E.centroid(detail)[0] - 0.5) < 0.1  # in place: measured 0.48
 
 
 def test_reweight_turns_a_confused_mix_into_one_blue_circle(gallery):
     out, _ = gallery
     base, reweighted = tiles(out, "reweight")
-    assert E.object_count(base) >= 2 and colour(base) != "blue"  # measured 2, yellow
+    assert E.object_count(base) >= 2 and colour(base) != "blue"  # measured 3, yellow
+    assert colour(base, LEFT) == "red"
     assert E.object_count(reweighted) == 1 and colour(reweighted) == "blue"
-    assert E.centroid(reweighted)[0] < 0.4  # on the left: measured 0.21
+    assert E.centroid(reweighted)[0] < 0.4  # on the left: measured 0.24
 
 
 def test_mask_draws_the_default_red(gallery):
@@ -98,7 +105,7 @@ def test_mask_draws_the_default_red(gallery):
 def test_regional_changes_the_left_half_only(gallery):
     out, _ = gallery
     base, regional = tiles(out, "regional")
-    assert colour(base, LEFT) == "yellow" and colour(regional, LEFT) == "blue"
+    assert colour(base, LEFT) == "red" and colour(regional, LEFT) == "blue"
     assert colour(base, RIGHT) == "red" and colour(regional, RIGHT) == "red"
 
 
@@ -111,8 +118,8 @@ def test_bending_panels(gallery):
     base, moved = tiles(out, "bend-translate")
     assert E.foreground_fraction(moved, RIGHT)[0] > 0.8  # measured 1.0 (baseline 0.0)
     base, masked = tiles(out, "bend-regional-mask")
-    assert E.centroid(base)[0] > 0.55  # right of centre: measured 0.72
-    assert E.foreground_fraction(masked, LEFT)[0] > 0.8  # measured 1.0
+    assert abs(E.centroid(base)[0] - 0.5) < 0.1  # in the centre: measured 0.50
+    assert E.foreground_fraction(masked, LEFT)[0] > 0.8  # measured 0.98
     assert colour(masked) == "red"
 
 
@@ -129,8 +136,9 @@ def test_capture_keeps_the_image_and_links_its_gallery(gallery):
 def test_self_attention_change_is_shown_with_its_difference(gallery):
     out, _ = gallery
     base, cut, diff = tiles(out, "self-attention")
-    assert pixels(cut) < 0.93 * pixels(base)  # smaller: measured 189 vs 225 pixels
-    assert E.colour_score(cut, "yellow") > E.colour_score(base, "yellow") + 0.03
+    assert pixels(cut) < 0.93 * pixels(base)  # smaller: measured 182 vs 208 pixels
+    assert colour(base) == "yellow" and colour(cut) == "yellow"
+    assert changed(cut, base) > 2  # measured 7.7 (0-255 mean)
     expected = np.clip(np.abs(cut - base) * demo.DIFF_GAIN, 0, 1)
     np.testing.assert_allclose(diff, expected, atol=1 / 255 * demo.DIFF_GAIN)
 
