@@ -216,7 +216,10 @@ def _bad_inputs(data, tmp):
     return [
         (["/nonexistent/data"], "/nonexistent/data: dataset folder not found"),
         ([data, "--model", str(tmp)], f"{tmp}: not a diffusers-layout model folder"),
-        ([data, "--model", str(other)], "single-file checkpoints cannot be loaded"),
+        (
+            [data, "--model", str(other)],
+            "not a Stable Diffusion single-file checkpoint",
+        ),
         ([data, "--rank", "0"], "argument --rank: expected a number at least 1"),
         ([data, "--lr", "nan"], "argument --lr: expected a number above 0, got 'nan'"),
         ([data, "--steps", "x"], "argument --steps: expected an integer, got 'x'"),

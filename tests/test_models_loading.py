@@ -339,9 +339,11 @@ def test_lora_training_command_takes_a_model_path(tmp_path):
     data = make_dataset(tmp_path / "data")
     out = tmp_path / "lora.safetensors"
     argv = [str(data), "--model", str(REF / "sd15_single_file.safetensors")]
-    with pytest.raises(SystemExit) as exit:  # a single file needs its config folder
-        train.main(argv + ["--steps", "1", "--resolution", "16", "--output", str(out)])
-    assert exit.value.code == 2 and not out.exists()
+    # this tiny single file fits no built-in table: it needs its config folder
+    code = train.main(
+        argv + ["--steps", "1", "--resolution", "16", "--output", str(out)]
+    )
+    assert code == 2 and not out.exists()
     argv = [str(data), "--model", str(REF / "sd21"), "--steps", "1"]
     assert train.main(argv + ["--resolution", "16", "--output", str(out)]) == 0
     assert out.is_file()

@@ -680,6 +680,17 @@ STATISTICS.update(
         )
     }
 )
+STATISTICS.update(
+    {
+        "lora shift": ("lora", lambda r: shift(r, "weight 1")),
+        "lora moved": ("lora", lambda r: moved_share(r, "weight 1", 1)),
+        "lora blueness": ("lora", lambda r: mean(r["weight 1"])),
+        "lora half-blend share": (
+            "lora",
+            lambda r: _ratio(shift(r, "weight 0.5"), shift(r, "weight 1")),
+        ),
+    }
+)
 STATISTICS["capture circle on/off"] = (
     "capture",
     lambda r: mean(r["circle: on/off object"]),
