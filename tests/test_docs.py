@@ -23,7 +23,7 @@ DOCS = ("README.md", "docs/techniques.md")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 # Shell lines that are not run here, and why.
 NOT_RUN = {
-    "pulse demo": "about a minute with its LoRA training; tests/test_cli.py runs the demo",
+    "pulse demo": "2.5 minutes with its LoRA training; tests/test_cli.py runs the demo",
     "pulse studio": "serves the page until stopped; tests/test_studio_browser.py drives it",
 }
 # Sample files the README's LoRA snippet loads; the branch that trains them ships them.
