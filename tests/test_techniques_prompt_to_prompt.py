@@ -110,7 +110,9 @@ def test_source_row_is_the_source_image(pipe, xl, which):
     scale = np.abs(plain).max()
     assert np.abs(x[0] - plain[0]).max() <= 1e-3 * scale
     same, _, _, _ = _run(p, SOURCE, steps=3)
-    assert np.array_equal(same[0], same[1])
+    # one noise for both rows; rows of one batch may round differently under some
+    # BLAS kernels (Haswell), so close, not bit-identical (the sampler is tested exactly)
+    assert np.abs(same[0] - same[1]).max() <= 1e-4 * scale
     assert "_get_text_conditioning" not in vars(p) and not isinstance(
         p.sampler, PairedSampler
     )
