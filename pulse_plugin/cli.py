@@ -545,6 +545,34 @@ def cmd_demo(args) -> int:
     return 0
 
 
+GENERATION_FLAGS = (
+    (
+        "--model",
+        str,
+        "'toy' (default), a diffusers-layout folder, a single-file .safetensors "
+        "checkpoint (A1111/ComfyUI), or an upstream model name",
+    ),
+    (
+        "--model-config",
+        str,
+        "for a single file: a diffusers folder of its configs and tokenizers "
+        "(no weights needed)",
+    ),
+    ("--tokenizer", str, "for a single file: a CLIP tokenizer folder"),
+    ("--negative", str, "negative prompt (default: empty)"),
+    ("--steps", int, "denoising steps (default 20)"),
+    ("--cfg", float, "classifier-free guidance weight (default 7.5)"),
+    ("--seed", int, "random seed (default 0)"),
+    ("--size", int, "image size in pixels (default: the model's)"),
+)
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """The model and generation settings pulse generate and pulse edit share."""
+    for name, kind, helptext in GENERATION_FLAGS:
+        parser.add_argument(name, type=kind, help=helptext)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pulse",
@@ -565,25 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("prompt", help="the text prompt")
-    g.add_argument(
-        "--model",
-        help="'toy' (default), a diffusers-layout folder, a single-file .safetensors "
-        "checkpoint (A1111/ComfyUI), or an upstream model name",
-    )
-    g.add_argument(
-        "--model-config",
-        help="for a single file: a diffusers folder of its configs and tokenizers (no weights needed)",
-    )
-    g.add_argument("--tokenizer", help="for a single file: a CLIP tokenizer folder")
-    g.add_argument("--negative", help="negative prompt (default: empty)")
-    g.add_argument("--steps", type=int, help="denoising steps (default 20)")
-    g.add_argument(
-        "--cfg", type=float, help="classifier-free guidance weight (default 7.5)"
-    )
-    g.add_argument("--seed", type=int, help="random seed (default 0)")
-    g.add_argument(
-        "--size", type=int, help="image size in pixels (default: the model's)"
-    )
+    add_generation_flags(g)
     g.add_argument(
         "--recipe", help="TOML or JSON file of techniques (see pulse_plugin/recipe.py)"
     )
@@ -716,17 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--threshold", type=float, default=0.3, help="local blend's mask threshold"
     )
-    for name, kind, helptext in (
-        ("--model", str, "'toy' (default), a diffusers-layout folder or a file"),
-        ("--negative", str, "negative prompt (default: empty)"),
-        ("--steps", int, "denoising steps (default 20)"),
-        ("--cfg", float, "classifier-free guidance weight (default 7.5)"),
-        ("--seed", int, "random seed (default 0)"),
-        ("--size", int, "image size in pixels (default: the model's)"),
-        ("--model-config", str, "for a single file: its diffusers config folder"),
-        ("--tokenizer", str, "for a single file: a CLIP tokenizer folder"),
-    ):
-        e.add_argument(name, type=kind, help=helptext)
+    add_generation_flags(e)
     e.add_argument("--compare", action="store_true", help="also write source | edit")
     e.add_argument("--scale", type=int, default=1, help="upscale saved images")
     e.add_argument("-o", "--output", default="pulse-edit.png", help="the edited image")
