@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import blas, checks
 from .recipe import PULSE_SECTIONS, Capture, Recipe, RecipeError, generate_entry
@@ -455,40 +455,21 @@ def _window(flag: str, text: Optional[str]) -> Optional[Tuple]:
     )
 
 
-def cmd_edit(args) -> int:
-    """Prompt-to-prompt: the source and the edit in one batch; -o is the edit."""
+def edit_images(pipe, s: Settings, edit: str, **options):
+    """Prompt-to-prompt: (source image, edited image) as uint8 from one batch.
+
+    ``s.prompt`` is the source; ``options`` are ``Pulse.prompt_to_prompt``'s.
+    """
     from tqdm import tqdm
 
     from .pulse import Pulse
     from .sampling import decode, final_latents, to_uint8
 
-    out = Path(args.output)
-    check_output(out)
-    reweight = _pairs("--reweight", args.reweight)
-    self_window = _window("--self-window", args.self_window)
-    blend_window = _window("--blend-window", args.blend_window) or (None, None)
-    cross = _window("--window", args.window) or (None, None)
-    pipe, path = load_model(args.model, args.model_config, args.tokenizer)
-    args.recipe = None
-    s = settings_for(args, Recipe(), pipe, path, prompt=args.source)
-    checks.text("edit", args.edit, empty=False, error=CliError)
     with Pulse(pipe, num_steps=s.steps) as pulse:
-        edit = pulse.prompt_to_prompt(
-            args.source,
-            args.edit,
-            mode=args.mode,
-            block=args.block,
-            sigma_start=cross[0],
-            sigma_end=cross[1],
-            reweight=reweight or None,
-            self_window=self_window,
-            local_blend=args.local_blend,
-            blend_window=blend_window,
-            threshold=args.threshold,
-        )
+        pair = pulse.prompt_to_prompt(s.prompt, edit, **options)
         x = final_latents(
             pipe,
-            edit.source,
+            pair.source,
             n_images=2,
             num_steps=s.steps,
             cfg_weight=s.cfg,
@@ -500,6 +481,35 @@ def cmd_edit(args) -> int:
             ),
         )
     source, edited = (to_uint8(image) for image in decode(pipe, x))
+    return source, edited
+
+
+def edit_options(args) -> Dict[str, Any]:
+    """pulse edit's flags as ``Pulse.prompt_to_prompt``'s keyword arguments, checked."""
+    cross = _window("--window", args.window) or (None, None)
+    return dict(
+        mode=args.mode,
+        block=args.block,
+        sigma_start=cross[0],
+        sigma_end=cross[1],
+        reweight=_pairs("--reweight", args.reweight) or None,
+        self_window=_window("--self-window", args.self_window),
+        local_blend=args.local_blend,
+        blend_window=_window("--blend-window", args.blend_window) or (None, None),
+        threshold=args.threshold,
+    )
+
+
+def cmd_edit(args) -> int:
+    """Prompt-to-prompt: the source and the edit in one batch; -o is the edit."""
+    out = Path(args.output)
+    check_output(out)
+    options = edit_options(args)
+    pipe, path = load_model(args.model, args.model_config, args.tokenizer)
+    args.recipe = None
+    s = settings_for(args, Recipe(), pipe, path, prompt=args.source)
+    checks.text("edit", args.edit, empty=False, error=CliError)
+    source, edited = edit_images(pipe, s, args.edit, **options)
     save_png(edited, out, args.scale)
     print(f"wrote {out} (the edit of {args.source!r} into {args.edit!r})")
     if args.compare:

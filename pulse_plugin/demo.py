@@ -13,9 +13,9 @@ import html
 import json
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class Demo:
     recipe: Dict[str, Any] = field(default_factory=dict)
     variants: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)
     difference: bool = False  # also show |variant - baseline| x DIFF_GAIN
+    generate: Dict[str, Any] = field(default_factory=dict)  # every picture's settings
 
     def panels(self) -> List[Tuple[str, Dict[str, Any]]]:
         """(label, recipe) of each picture after the baseline."""
@@ -48,11 +49,54 @@ class Demo:
 DIFF_GAIN = 4
 
 
+@dataclass
+class EditDemo:
+    """A prompt-to-prompt panel: the source, a plain regeneration of the edit, the edit.
+
+    ``flags`` are ``pulse edit``'s; the page shows the command that redraws the edit.
+    """
+
+    name: str
+    title: str
+    prompt: str
+    edit: str
+    what: str
+    flags: List[str] = field(default_factory=list)
+    generate: Dict[str, Any] = field(default_factory=dict)
+
+    def command(self, settings) -> List[str]:
+        """The ``pulse edit`` arguments that redraw this panel's edit."""
+        return [
+            "edit",
+            self.prompt,
+            self.edit,
+            *self.flags,
+            *(f"--{key}={settings_value(settings, key)}" for key in SHOWN_SETTINGS),
+        ]
+
+
+SHOWN_SETTINGS = ("steps", "seed", "cfg", "size")
+
+
+def settings_value(settings, key: str) -> str:
+    return f"{getattr(settings, key):g}"
+
+
 def _bends(mode: str, words, **kw) -> Dict[str, Any]:
     return {"bend": [{"token": t, "mode": mode, **kw} for t in words]}
 
 
-DEMOS: List[Demo] = [
+PAG_TEXT = (
+    "Perturbed-attention guidance (scale 3, mid block) adds a third batch row whose "
+    "self-attention is the identity and steers away from it, here at CFG 1 where "
+    "guidance is weakest. On the toy model it changes the picture a little: the circle "
+    "is a slightly cleaner red, in the same place (the third picture is the difference, "
+    f"{DIFF_GAIN}x amplified). It does not make this model better: over 32 samples of "
+    "held-out captions at CFG 1 its colour accuracy and palette error are plain sampling's "
+    "(tests/test_effects_editing.py)."
+)
+
+DEMOS: List[Union[Demo, EditDemo]] = [
     Demo(
         "injection",
         "Prompt injection, all blocks",
@@ -192,6 +236,45 @@ DEMOS: List[Demo] = [
         },
         difference=True,
     ),
+    Demo(
+        "prompt-weights",
+        "Prompt-weighting syntax (A1111's)",
+        "a blue (red:0.05) circle on the left",
+        "With --weights a1111 the marks are read and removed: the baseline is the bare "
+        "caption 'a blue red circle on the left' (a red circle on the left, more objects below it). Weight 0.05 "
+        "on 'red', on attention probabilities (this project's default, as reweight): one "
+        "blue circle on the left (middle). On token embeddings, as A1111 itself weights: "
+        "one circle on the left, green, part way to blue (right). compel's "
+        "'a blue (red)0.05 circle on the left' gives the middle picture bit for bit.",
+        variants=[
+            ("on attention", {"generate": {"weights": "a1111"}}),
+            (
+                "on embeddings",
+                {"generate": {"weights": "a1111", "weights_mode": "embedding"}},
+            ),
+        ],
+    ),
+    EditDemo(
+        "prompt-to-prompt",
+        "Prompt-to-prompt: a shape edited in place",
+        "a red circle",
+        "a red square",
+        "The source and the edit are generated in one batch from the same noise; the edit "
+        "takes the source's cross-attention maps for the tokens they share and, with "
+        "--self-window :, its self-attention maps at every step. A plain regeneration of "
+        "'a red square' with the same seed draws the square right of centre (middle); "
+        "the edit draws a square where the circle was (right).",
+        flags=["--self-window", ":"],
+    ),
+    Demo(
+        "pag",
+        "Perturbed-attention guidance at CFG 1",
+        "a red circle",
+        PAG_TEXT,
+        {"pag": [{"scale": 3.0}]},
+        difference=True,
+        generate={"cfg": 1.0},
+    ),
 ]
 
 
@@ -237,19 +320,22 @@ def difference(a: np.ndarray, b: np.ndarray, gain: int = DIFF_GAIN) -> np.ndarra
     return np.clip(d, 0, 255).astype(np.uint8)
 
 
-def render(pipe, demo: Demo, settings, out: Path) -> List[Tuple[str, np.ndarray]]:
+def render(pipe, demo, settings, out: Path) -> List[Tuple[str, np.ndarray]]:
     """(label, uint8 image) of the baseline and of each variant of one panel."""
+    if isinstance(demo, EditDemo):
+        return render_edit(pipe, demo, settings)
     from .cli import baseline_settings, generate, generate_with
 
     pictures = []
     for i, (label, recipe) in enumerate(demo.panels()):
         parsed = from_dict(resolved(recipe, out), f"{demo.name}: {label}")
+        s = replace(settings, **parsed.generate)
         if i == 0:
-            base = baseline_settings(settings, parsed)
+            base = baseline_settings(s, parsed)
             pictures.append(
                 ("baseline", generate(pipe, base, f"{demo.name}: baseline"))
             )
-        image, _ = generate_with(pipe, settings, parsed, f"{demo.name}: {label}")
+        image, _ = generate_with(pipe, s, parsed, f"{demo.name}: {label}")
         pictures.append((label, image))
     if demo.difference:
         pictures.append(
@@ -258,15 +344,44 @@ def render(pipe, demo: Demo, settings, out: Path) -> List[Tuple[str, np.ndarray]
     return pictures
 
 
+def render_edit(pipe, demo: EditDemo, settings) -> List[Tuple[str, np.ndarray]]:
+    """The source, the edit's prompt regenerated plainly, and the prompt-to-prompt edit."""
+    from .cli import build_parser, edit_images, edit_options, generate
+
+    args = build_parser().parse_args(demo.command(settings))
+    plain = generate(pipe, replace(settings, prompt=demo.edit), f"{demo.name}: plain")
+    _, edited = edit_images(pipe, settings, demo.edit, **edit_options(args))
+    return [
+        ("source", generate(pipe, settings, f"{demo.name}: source")),
+        ("plain regeneration", plain),
+        ("prompt-to-prompt", edited),
+    ]
+
+
 def recipe_file(recipe: Dict, settings) -> Dict[str, Any]:
     """A recipe for ``pulse generate --recipe`` that redraws one picture of a panel."""
-    generate = {
-        "steps": settings.steps,
-        "seed": settings.seed,
-        "cfg": settings.cfg,
-        "size": settings.size,
-    }
-    return {"generate": generate, **recipe}
+    generate = {key: getattr(settings, key) for key in SHOWN_SETTINGS}
+    generate.update(recipe.get("generate", {}))
+    return {**recipe, "generate": generate}
+
+
+def redraws(demo, settings, out: Path) -> List[Tuple[str, str, Optional[str]]]:
+    """(label, command, recipe text) that redraw each picture after the baseline.
+
+    A recipe panel writes each picture's recipe as NAME[-i].json in out.
+    """
+    if isinstance(demo, EditDemo):
+        command = "pulse " + " ".join(shlex.quote(a) for a in demo.command(settings))
+        return [("prompt-to-prompt", command, None)]
+    rows = []
+    panels = demo.panels()
+    for i, (label, recipe) in enumerate(panels):
+        name = demo.name if len(panels) == 1 else f"{demo.name}-{i + 1}"
+        text = json.dumps(recipe_file(recipe, settings), indent=2) + "\n"
+        (out / f"{name}.json").write_text(text, encoding="utf-8")
+        command = f"pulse generate {shlex.quote(demo.prompt)} --recipe {name}.json"
+        rows.append((label, command, text))
+    return rows
 
 
 def latest_capture(out: Path) -> Optional[str]:
@@ -279,18 +394,13 @@ def latest_capture(out: Path) -> Optional[str]:
 
 
 def _tile_html(
-    demo: Demo, files: List[Tuple[str, str]], seconds: float, capture: Optional[str]
+    demo, rows: List[Tuple[str, str, Optional[str]]], seconds: float, capture
 ) -> str:
-    blocks = []
-    for label, name in files:
-        recipe = json.dumps(json.loads(Path(name).read_text()), indent=2)
-        command = (
-            f"pulse generate {shlex.quote(demo.prompt)} --recipe {Path(name).name}"
-        )
-        blocks.append(
-            f"<p>{html.escape(label)}: <code>{html.escape(command)}</code></p>"
-            f"<pre>{html.escape(recipe)}</pre>"
-        )
+    blocks = [
+        f"<p>{html.escape(label)}: <code>{html.escape(command)}</code></p>"
+        + (f"<pre>{html.escape(text)}</pre>" if text else "")
+        for label, command, text in rows
+    ]
     return (
         f"<section><h2>{html.escape(demo.title)}</h2>"
         f"<p>{html.escape(demo.what)}</p>"
@@ -335,22 +445,18 @@ def run_demo(
     scale = max(1, DISPLAY_WIDTH // size)
     for demo in demos:
         s = Settings(prompt=demo.prompt, steps=steps, seed=seed, size=size)
+        s = replace(s, **demo.generate)
         start = time.perf_counter()
         pictures = render(pipe, demo, s, out)
         seconds = time.perf_counter() - start
         side_by_side(
             [im for _, im in pictures], [label for label, _ in pictures], scale=scale
         ).save(out / f"{demo.name}.png")
-        files = []
-        for i, (label, recipe) in enumerate(demo.panels()):
-            name = demo.name if len(demo.panels()) == 1 else f"{demo.name}-{i + 1}"
-            path = out / f"{name}.json"
-            data = recipe_file(recipe, s)
-            path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-            files.append((label, str(path)))
-        captured = any("capture" in r for _, r in demo.panels())
+        captured = isinstance(demo, Demo) and any(
+            "capture" in r for _, r in demo.panels()
+        )
         capture = latest_capture(out) if captured else None
-        sections.append(_tile_html(demo, files, seconds, capture))
+        sections.append(_tile_html(demo, redraws(demo, s, out), seconds, capture))
         print(f"  {demo.title}: {out / (demo.name + '.png')}")
     index = out / "index.html"
     index.write_text(
@@ -358,10 +464,12 @@ def run_demo(
         "<style>body{font-family:sans-serif;max-width:80em;margin:auto}"
         "img{image-rendering:pixelated;max-width:100%}"
         "pre{background:#f4f4f4;padding:.5em}</style>"
-        f"<h1>pulse demo</h1><p>{steps} steps, seed {seed}, cfg {s.cfg}. "
-        "Left: baseline; right: with the technique. Each JSON block is a recipe for "
-        "<code>pulse generate --recipe</code>, written beside the picture: in this "
-        "folder, the command above it redraws that picture.</p>" + "".join(sections),
+        f"<h1>pulse demo</h1><p>{steps} steps, seed {seed}, cfg {Settings.cfg:g} "
+        "unless a panel says otherwise. Left: baseline; right: with the technique. "
+        "Each JSON block is a recipe for <code>pulse generate --recipe</code>, written "
+        "beside the picture: in this folder, the command above it redraws that picture "
+        "(the prompt-to-prompt panel's is a <code>pulse edit</code> command).</p>"
+        + "".join(sections),
         encoding="utf-8",
     )
     return index

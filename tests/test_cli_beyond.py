@@ -1,9 +1,10 @@
-"""pulse edit, --pag and --weights end to end: the same images as the Python API."""
+"""pulse edit, --pag and --weights end to end, SD and SDXL: the same images as the Python API."""
 
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,13 @@ from pulse_plugin.sampling import decode, final_latents, to_uint8
 
 SOURCE, EDIT = "a red circle on the left", "a blue circle on the left"
 SIZE, STEPS = 16, 2
+SDXL = Path(__file__).parent / "fixtures" / "reference" / "sdxl"  # written by diffusers
+
+
+@pytest.fixture(params=["sd", "sdxl"])
+def model(request):
+    """An SD-shaped folder (saved here) and an SDXL folder (saved by diffusers)."""
+    return request.getfixturevalue("model_dir") if request.param == "sd" else SDXL
 
 
 def _images(pipe, prompt, n=1, configure=None, cfg=7.5):
@@ -34,11 +42,11 @@ def _images(pipe, prompt, n=1, configure=None, cfg=7.5):
     return [to_uint8(i) for i in decode(pipe, x)]
 
 
-def test_edit_writes_the_api_edit_and_the_comparison(model_dir, tmp_path):  # noqa: F811
+def test_edit_writes_the_api_edit_and_the_comparison(model, tmp_path):
     out = tmp_path / "edit.png"
-    args = ["edit", SOURCE, EDIT, "--model", model_dir, "--steps", STEPS]
+    args = ["edit", SOURCE, EDIT, "--model", model, "--steps", STEPS, "--size", SIZE]
     assert run(*args, "--self-window", "5:", "--compare", "-o", out) == 0
-    pipe = cli.load_model(str(model_dir))[0]
+    pipe = cli.load_model(str(model))[0]
 
     def configure(pulse):
         pulse.prompt_to_prompt(SOURCE, EDIT, self_window=(5.0, None))
@@ -52,9 +60,9 @@ def test_edit_writes_the_api_edit_and_the_comparison(model_dir, tmp_path):  # no
     assert np.array_equal(compare[-SIZE * k :, SIZE * k :][::k, ::k], edited)
 
 
-def test_pag_and_weights_flags_are_the_api(model_dir, tmp_path):  # noqa: F811
-    pipe = cli.load_model(str(model_dir))[0]
-    base = ["generate", "--model", model_dir, "--steps", STEPS]
+def test_pag_and_weights_flags_are_the_api(model, tmp_path):
+    pipe = cli.load_model(str(model))[0]
+    base = ["generate", "--model", model, "--steps", STEPS, "--size", SIZE]
     assert (
         run(*base, SOURCE, "--pag", "scale=2,block=mid", "-o", tmp_path / "p.png") == 0
     )

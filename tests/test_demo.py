@@ -9,13 +9,16 @@ thresholds sit well inside the values measured on this project's machine
 
 from __future__ import annotations
 
+import html
 import json
+import shlex
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pulse_plugin import cli, demo
+from pulse_plugin.toy import editing
 from pulse_plugin.toy import effects as E
 from pulse_plugin.toy import quality as Q
 from pulse_plugin.toy import shapes
@@ -143,6 +146,41 @@ def test_self_attention_change_is_shown_with_its_difference(gallery):
     np.testing.assert_allclose(diff, expected, atol=1 / 255 * demo.DIFF_GAIN)
 
 
+def test_prompt_weights_panel_weights_red_down_on_attention_and_on_embeddings(gallery):
+    out, _ = gallery
+    base, attention, embedding = tiles(out, "prompt-weights")
+    blue = [float(E.blueness(p)[0]) for p in (base, attention, embedding)]
+    assert E.object_count(base) >= 2 and colour(base) != "blue"  # measured 3, yellow
+    assert E.object_count(attention) == 1 and colour(attention) == "blue"
+    assert E.object_count(embedding) == 1
+    assert E.centroid(attention)[0] < 0.4 and E.centroid(embedding)[0] < 0.4
+    # part way on embeddings: measured blueness -0.65, +0.63 (attention), +0.26
+    assert blue[2] > blue[0] + 0.5 and blue[1] > blue[2] + 0.15, blue
+
+
+def test_prompt_to_prompt_panel_keeps_the_place_and_changes_the_shape(gallery):
+    out, page = gallery
+    source, plain, edited = tiles(out, "prompt-to-prompt")
+    # measured: IoU with the source 0.35 (plain) and 0.64 (edit); centroid x 0.50 (source),
+    # 0.73 (plain), 0.54 (edit); largest blob's fill 0.61 (circle), 0.83 (edit)
+    assert editing.iou(source, edited) > editing.iou(source, plain) + 0.15
+    assert E.centroid(plain)[0] > E.centroid(source)[0] + 0.15
+    assert abs(E.centroid(edited)[0] - E.centroid(source)[0]) < 0.1
+    assert E.fill_ratio(edited, largest=True) > E.fill_ratio(source, largest=True) + 0.1
+    assert all(colour(p) == "red" for p in (source, plain, edited))
+    assert "pulse edit &#x27;a red circle&#x27; &#x27;a red square&#x27;" in page
+
+
+def test_pag_panel_changes_little_and_keeps_colour_and_place(gallery):
+    out, _ = gallery
+    base, guided, diff = tiles(out, "pag")
+    assert colour(base) == "red" and colour(guided) == "red"
+    assert changed(guided, base) > 2  # measured 7.3 (0-255 mean)
+    assert abs(E.centroid(guided)[0] - E.centroid(base)[0]) < 0.1  # 0.72 -> 0.76
+    expected = np.clip(np.abs(guided - base) * demo.DIFF_GAIN, 0, 1)
+    np.testing.assert_allclose(diff, expected, atol=1 / 255 * demo.DIFF_GAIN)
+
+
 def test_lora_weights_move_the_circle_monotonically_to_blue(gallery):
     out, _ = gallery
     pictures = tiles(out, "lora")
@@ -177,3 +215,26 @@ def test_each_recipe_redraws_its_picture(gallery, monkeypatch, capsys):
         )
         again = np.asarray(Image.open(out / "again.png").convert("RGB")) / 255.0
         assert np.array_equal(again, tiles(out, name)[tile]), name
+
+
+def test_the_weights_and_edit_commands_redraw_their_pictures(gallery, monkeypatch):
+    """prompt-weights-1.json (A1111 weights from the recipe), the same weights in compel's
+    syntax, and the page's pulse edit command give the panels' pixels."""
+    out, page = gallery
+    monkeypatch.chdir(out)
+    weighted = tiles(out, "prompt-weights")[1]
+    for argv in (
+        ["a blue (red:0.05) circle on the left", "--recipe", "prompt-weights-1.json"],
+        ["a blue (red)0.05 circle on the left", "--weights", "compel"],
+    ):
+        assert cli.main(["generate", *argv, "-o", "again.png"]) == 0
+        again = np.asarray(Image.open(out / "again.png").convert("RGB")) / 255.0
+        assert np.array_equal(again, weighted), argv
+    command = next(d for d in demo.DEMOS if d.name == "prompt-to-prompt").command(
+        cli.Settings(prompt="a red circle")
+    )
+    shown = "pulse " + " ".join(shlex.quote(a) for a in command)
+    assert html.escape(shown) in page
+    assert cli.main([*command, "-o", "edit.png"]) == 0
+    again = np.asarray(Image.open(out / "edit.png").convert("RGB")) / 255.0
+    assert np.array_equal(again, tiles(out, "prompt-to-prompt")[2])

@@ -52,8 +52,8 @@ class Studio:
         from ..bending.transforms import FILTERS, FLIPS, MODES
         from ..cli import default_size
         from ..masks import HALVES, QUADRANTS
-        from ..selectors import describe, names
         from ..models import downsampling
+        from ..selectors import describe, names
 
         pipe, path = self.models.get(model)
         sites = describe(pipe.unet)

@@ -15,7 +15,7 @@ for its red; position as the foreground's centroid in fractions of the image
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -94,30 +94,42 @@ def foreground_fraction(
     return np.array(out, np.float64)
 
 
-def object_count(image: np.ndarray) -> int:
-    """Separate drawn blobs (4-connected foreground of at least MIN_PIXELS pixels)."""
+def blobs(image: np.ndarray) -> List[np.ndarray]:
+    """Masks of the separate drawn blobs (4-connected foreground of at least MIN_PIXELS)."""
     fg = quality.foreground(np.asarray(image, np.float32))
     seen = np.zeros_like(fg)
-    count = 0
+    found = []
     for start in zip(*np.nonzero(fg)):
         if seen[start]:
             continue
-        seen[start], stack, size = True, [start], 0
+        blob = np.zeros_like(fg)
+        seen[start], blob[start], stack = True, True, [start]
         while stack:
             y, x = stack.pop()
-            size += 1
             for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
                 if 0 <= ny < fg.shape[0] and 0 <= nx < fg.shape[1]:
                     if fg[ny, nx] and not seen[ny, nx]:
-                        seen[ny, nx] = True
+                        seen[ny, nx] = blob[ny, nx] = True
                         stack.append((ny, nx))
-        count += size >= quality.MIN_PIXELS
-    return count
+        if blob.sum() >= quality.MIN_PIXELS:
+            found.append(blob)
+    return found
 
 
-def fill_ratio(image: np.ndarray) -> float:
-    """Drawn pixels / their bounding box: about 0.79 for a disc, 1 for a square; NaN if none."""
+def object_count(image: np.ndarray) -> int:
+    """Separate drawn blobs (4-connected foreground of at least MIN_PIXELS pixels)."""
+    return len(blobs(image))
+
+
+def fill_ratio(image: np.ndarray, largest: bool = False) -> float:
+    """Drawn pixels / their bounding box: about 0.79 for a disc, 1 for a square; NaN if none.
+
+    ``largest``: of the largest blob only (stray specks ignored).
+    """
     fg = quality.foreground(np.asarray(image, np.float32))
+    if largest:
+        found = blobs(image)
+        fg = max(found, key=lambda b: b.sum()) if found else np.zeros_like(fg)
     if fg.sum() < quality.MIN_PIXELS:
         return float("nan")
     ys, xs = np.nonzero(fg)
