@@ -267,6 +267,9 @@ def display_scale(size: int) -> int:
     return max(1, 128 // size)
 
 
+LABEL_BAND = 16  # pixels of label above each picture of side_by_side
+
+
 def side_by_side(images: Sequence, labels: Sequence[str], scale: int = 4):
     """A labelled row of images, each upscaled (nearest) so small images are visible."""
     from PIL import Image, ImageDraw
@@ -278,10 +281,10 @@ def side_by_side(images: Sequence, labels: Sequence[str], scale: int = 4):
         for im in images
     ]
     w, h = tiles[0].size
-    canvas = Image.new("RGB", (w * len(tiles), h + 16), "white")
+    canvas = Image.new("RGB", (w * len(tiles), h + LABEL_BAND), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (tile, label) in enumerate(zip(tiles, labels)):
-        canvas.paste(tile, (i * w, 16))
+        canvas.paste(tile, (i * w, LABEL_BAND))
         draw.text((i * w + 3, 2), label[: max(4, w // 6)], fill="black")
     return canvas
 

@@ -358,6 +358,23 @@ def render_edit(pipe, demo: EditDemo, settings) -> List[Tuple[str, np.ndarray]]:
     ]
 
 
+def read_panel(out: Path, name: str, size: int) -> List[np.ndarray]:
+    """A written panel's pictures as (size, size, 3) floats in [0, 1], read back from its PNG."""
+    from PIL import Image
+
+    from .cli import LABEL_BAND
+
+    png = np.asarray(Image.open(Path(out) / f"{name}.png").convert("RGB"))
+    scale = max(1, DISPLAY_WIDTH // size)
+    w = size * scale
+    if png.shape[0] != LABEL_BAND + w or png.shape[1] % w:
+        raise ValueError(f"{name}.png: {png.shape} is not a row of {w}-pixel pictures")
+    return [
+        png[LABEL_BAND::scale, i * w : (i + 1) * w : scale] / 255.0
+        for i in range(png.shape[1] // w)
+    ]
+
+
 def recipe_file(recipe: Dict, settings) -> Dict[str, Any]:
     """A recipe for ``pulse generate --recipe`` that redraws one picture of a panel."""
     generate = {key: getattr(settings, key) for key in SHOWN_SETTINGS}

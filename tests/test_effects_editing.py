@@ -22,7 +22,6 @@ import pytest
 
 from pulse_plugin.toy import editing
 from pulse_plugin.toy import effects as E
-from pulse_plugin.toy import quality, shapes
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +44,7 @@ def test_local_blend_keeps_the_other_object(toy):
 
 
 def test_perturbed_attention_guidance_does_no_harm_at_weak_guidance(toy):
-    def accuracy(scale):
-        hits, batches = [], []
-        for i, obj in enumerate(shapes.held_out_singles()):
-            caption = shapes.caption([obj])
-            setup = None
-            if scale:
-                setup = E.with_pulse(
-                    toy, caption, lambda p: p.perturbed_attention(scale)
-                )
-            images = E.generate(toy, caption, 4, seed=i, cfg=1.0, setup=setup)
-            hits += [quality.classify(im).colour == obj.colour for im in images]
-            batches.append(images)
-        return np.mean(hits), np.concatenate(batches)
-
-    base, plain = accuracy(0.0)
-    guided, with_pag = accuracy(3.0)
+    base, plain = editing.pag_accuracy(toy, 0.0)
+    guided, with_pag = editing.pag_accuracy(toy, 3.0)
     assert guided >= base - 1 / 16  # measured equal (29/32)
     assert np.abs(with_pag - plain).mean() > 1e-4  # and it is not a no-op

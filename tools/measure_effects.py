@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -150,8 +150,16 @@ def _without(argv: List[str], option: str, takes_values: bool) -> List[str]:
     return out
 
 
-def across_kernels(args: argparse.Namespace, argv: List[str]) -> int:
-    """Run this tool once per kernel in a subprocess; print the statistics' spread."""
+def across_kernels(
+    args: argparse.Namespace,
+    argv: List[str],
+    script: str = __file__,
+    heading: Optional[str] = None,
+) -> int:
+    """Run script (this tool) once per kernel in a subprocess; print the statistics' spread.
+
+    script takes argv, ``--seeds N`` and ``--json FILE`` (``{"fingerprint", "stats"}``).
+    """
     argv = _without(_without(argv, "--kernels", True), "--json", True)
     argv = _without(argv, "--bundled-seeds", True)
     results: Dict[str, Stats] = {}
@@ -164,7 +172,7 @@ def across_kernels(args: argparse.Namespace, argv: List[str]) -> int:
                 extra = ["--seeds", str(args.bundled_seeds)]
             t0 = time.perf_counter()
             subprocess.run(
-                [sys.executable, __file__, *argv, *extra, "--json", str(out)],
+                [sys.executable, script, *argv, *extra, "--json", str(out)],
                 env=blas.kernel_env(kernel),
                 check=True,
                 stdout=subprocess.DEVNULL,
@@ -177,10 +185,11 @@ def across_kernels(args: argparse.Namespace, argv: List[str]) -> int:
                 flush=True,
             )
     kernels = list(results)
-    print(
-        f"\n{args.n} images per run, {args.steps} steps, cfg {args.cfg}; "
-        "per kernel: the values over seeds 0, 1, ...\n"
+    heading = heading or (
+        f"{args.n} images per run, {args.steps} steps, cfg {args.cfg}; "
+        "per kernel: the values over seeds 0, 1, ..."
     )
+    print(f"\n{heading}\n")
     print(f"| statistic | {' | '.join(kernels)} | min | max |")
     print("|---" * (len(kernels) + 3) + "|")
     for stat in results[kernels[0]]:

@@ -9,7 +9,7 @@ the edited attribute changed (colour scores, see ``effects``).
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -78,3 +78,66 @@ def local_blend(pipe, seeds: Sequence[int]) -> Dict[str, np.ndarray]:
         out["blue"].append(effects.blueness(blended[None], left)[0])
         out["source_blue"].append(effects.blueness(src[None], left)[0])
     return {k: np.array(v) for k, v in out.items()}
+
+
+def pag_accuracy(pipe, scale: float, cfg: float = 1.0, seed: int = 0, n: int = 4):
+    """(colour accuracy, images) over the held-out captions, PAG at ``scale`` (0: off).
+
+    Caption i is sampled n times with seed ``seed + i``.
+    """
+    hits, batches = [], []
+    for i, obj in enumerate(shapes.held_out_singles()):
+        caption = shapes.caption([obj])
+        setup = None
+        if scale:
+            setup = effects.with_pulse(
+                pipe, caption, lambda p: p.perturbed_attention(scale)
+            )
+        images = effects.generate(pipe, caption, n, seed=seed + i, cfg=cfg, setup=setup)
+        hits += [quality.classify(im).colour == obj.colour for im in images]
+        batches.append(images)
+    return float(np.mean(hits)), np.concatenate(batches)
+
+
+def _blueness(image: np.ndarray) -> float:
+    return float(effects.blueness(image[None])[0])
+
+
+def _x(image: np.ndarray) -> float:
+    return effects.centroid(image)[0]
+
+
+# The demo's prompt-weighting, prompt-to-prompt and PAG panels (pulse_plugin.demo), as
+# numbers: name -> (panel, function of its pictures). tests/test_demo.py asserts them.
+PANEL_STATISTICS: Dict[str, Tuple[str, Callable[[Sequence[np.ndarray]], float]]] = {
+    "weights: embedding - baseline blueness": (
+        "prompt-weights",
+        lambda t: _blueness(t[2]) - _blueness(t[0]),
+    ),
+    "weights: attention - embedding blueness": (
+        "prompt-weights",
+        lambda t: _blueness(t[1]) - _blueness(t[2]),
+    ),
+    "p2p: edit - plain IoU with the source": (
+        "prompt-to-prompt",
+        lambda t: iou(t[0], t[2]) - iou(t[0], t[1]),
+    ),
+    "p2p: plain's x shift": ("prompt-to-prompt", lambda t: _x(t[1]) - _x(t[0])),
+    "p2p: edit's x shift, abs": (
+        "prompt-to-prompt",
+        lambda t: abs(_x(t[2]) - _x(t[0])),
+    ),
+    "p2p: largest blob's fill gain": (
+        "prompt-to-prompt",
+        lambda t: effects.fill_ratio(t[2], True) - effects.fill_ratio(t[0], True),
+    ),
+    "pag: mean change (0-255)": (
+        "pag",
+        lambda t: float(np.abs(t[1] - t[0]).mean() * 255),
+    ),
+    "pag: x shift, abs": ("pag", lambda t: abs(_x(t[1]) - _x(t[0]))),
+}
+
+
+def panel_statistic(name: str, pictures: Sequence[np.ndarray]) -> float:
+    return PANEL_STATISTICS[name][1](pictures)
