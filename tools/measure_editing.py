@@ -38,9 +38,10 @@ THRESHOLDS = {  # statistic -> the test's bound
     "p2p: edit - plain IoU (mean)": ">= 0.1",
     "p2p: edit blueness (mean)": ">= 0.2",
     "p2p: source blueness (max)": "<= -0.5",
-    "blend: right change (max)": "<= 0.04",
-    "blend: without - with, right change (mean)": "> 0",
-    "blend: left blueness (mean)": ">= 0.2",
+    "blend: right change (max)": "<= 0.09",
+    "blend: with / without, right change (max)": "< 1",
+    "blend: with / without, right change (mean)": "<= 0.8",
+    "blend: left blueness gain (min)": ">= 0.6",
     "pag: accuracy change": ">= -0.0625",
     "pag: mean abs change": "> 1e-4",
     "weights: embedding - baseline blueness": "> 0.5",
@@ -85,9 +86,12 @@ def seed_set(pipe, k: int) -> Dict[str, float]:
         "p2p: edit blueness (mean)": kept["blue"].mean(),
         "p2p: source blueness (max)": kept["source_blue"].max(),
         "blend: right change (max)": blend["blend"].max(),
-        "blend: without - with, right change (mean)": blend["plain"].mean()
-        - blend["blend"].mean(),
-        "blend: left blueness (mean)": blend["blue"].mean(),
+        "blend: with / without, right change (max)": (
+            blend["blend"] / blend["plain"]
+        ).max(),
+        "blend: with / without, right change (mean)": blend["blend"].mean()
+        / blend["plain"].mean(),
+        "blend: left blueness gain (min)": blend["gain"].min(),
         "pag: accuracy change": guided - base,
         "pag: mean abs change": float(np.abs(with_pag - plain).mean()),
     }

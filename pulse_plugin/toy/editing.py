@@ -17,8 +17,8 @@ from . import effects, quality, shapes
 
 SOURCE = "a red circle"  # no position word: the layout comes from the seed
 EDIT = "a blue circle"
-TWO = "a yellow circle on the left and a red square on the right"
-TWO_EDIT = "a blue circle on the left and a red square on the right"
+TWO = "a red circle on the left and a yellow square on the right"
+TWO_EDIT = "a blue circle on the left and a yellow square on the right"
 SELF_WINDOW = (None, None)  # the edit also takes the source's self-attention
 BLEND_THRESHOLD = 0.6  # on the toy's 8x8 latent, 0.3 (the paper's) selects every pixel
 
@@ -39,10 +39,19 @@ def pair(
     pipe, source: str, edit: str, seed: int, **kw
 ) -> Tuple[np.ndarray, np.ndarray]:
     """(source image, edited image) of one prompt-to-prompt call."""
-    images = _images(
-        pipe, source, seed, 2, lambda p: p.prompt_to_prompt(source, edit, **kw)
-    )
-    return images[0], images[1]
+    return pair_and_mask(pipe, source, edit, seed, **kw)[:2]
+
+
+def pair_and_mask(pipe, source: str, edit: str, seed: int, **kw):
+    """(source image, edited image, local blend's last mask or None) of one call."""
+    made = []
+
+    def configure(p):
+        made.append(p.prompt_to_prompt(source, edit, **kw))
+
+    images = _images(pipe, source, seed, 2, configure)
+    mask = made[0].last_mask
+    return images[0], images[1], None if mask is None else np.array(mask)
 
 
 def layout_kept(pipe, seeds: Sequence[int]) -> Dict[str, np.ndarray]:
@@ -63,20 +72,23 @@ def local_blend(pipe, seeds: Sequence[int]) -> Dict[str, np.ndarray]:
     """Per seed, two objects, the left one recoloured, with and without local blend.
 
     ``blend`` and ``plain``: the right half's mean absolute change from the source
-    with local blend on "circle" and without; ``blue``: the left half's blueness.
+    with local blend on "circle" and without; ``gain``: the left half's blueness
+    minus the source's, with the blend; ``cover``: the share of the latent the last
+    step's blend mask keeps from the edit.
     """
     right = quality.half_region("right", shapes.SIZE)
     left = quality.half_region("left", shapes.SIZE)
-    out: Dict[str, list] = {k: [] for k in ("blend", "plain", "blue", "source_blue")}
+    out: Dict[str, list] = {k: [] for k in ("blend", "plain", "gain", "cover")}
     for seed in seeds:
-        src, blended = pair(
+        src, blended, mask = pair_and_mask(
             pipe, TWO, TWO_EDIT, seed, local_blend=["circle"], threshold=BLEND_THRESHOLD
         )
         src2, edited = pair(pipe, TWO, TWO_EDIT, seed)
         out["blend"].append(float(np.abs(blended - src)[right].mean()))
         out["plain"].append(float(np.abs(edited - src2)[right].mean()))
-        out["blue"].append(effects.blueness(blended[None], left)[0])
-        out["source_blue"].append(effects.blueness(src[None], left)[0])
+        blue = effects.blueness(np.stack([blended, src]), left)
+        out["gain"].append(float(blue[0] - blue[1]))
+        out["cover"].append(float(mask.mean()))
     return {k: np.array(v) for k, v in out.items()}
 
 
