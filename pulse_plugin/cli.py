@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import blas, checks
-from .recipe import PULSE_SECTIONS, Capture, Recipe, RecipeError, generate_entry
+from .recipe import (
+    GENERATE_FIELDS,
+    PULSE_SECTIONS,
+    Capture,
+    Recipe,
+    RecipeError,
+    generate_entry,
+)
 
 DESCRIPTION = """\
 CorePulse-style control for MLX Stable Diffusion.
@@ -374,27 +381,23 @@ def build_recipe(args) -> Recipe:
     return rec
 
 
+def settings_from(prompt: str, values: Dict[str, Any], size: int) -> Settings:
+    """Settings from checked [generate] values; a missing value takes its default."""
+    given = {k: values[k] for k in GENERATE_FIELDS if k in values and k != "size"}
+    return Settings(prompt=prompt, size=size, **given)
+
+
 def settings_for(
     args, rec: Recipe, pipe, path, prompt: Optional[str] = None
 ) -> Settings:
     """The generation settings: flags over the recipe's [generate] over defaults."""
-    names = ("negative", "steps", "cfg", "seed", "size", "weights", "weights_mode")
-    flags = generate_entry({k: getattr(args, k, None) for k in names}, "--")
+    flags = generate_entry({k: getattr(args, k, None) for k in GENERATE_FIELDS}, "--")
     values = {**rec.generate, **flags}
-    s = Settings(
-        prompt=checks.text(
-            "prompt",
-            args.prompt if prompt is None else prompt,
-            empty=False,
-            error=CliError,
-        ),
-        negative=values.get("negative", ""),
-        steps=values.get("steps", 20),
-        cfg=values.get("cfg", 7.5),
-        seed=values.get("seed", 0),
-        size=values.get("size", default_size(pipe, path)),
-        weights=values.get("weights"),
-        weights_mode=values.get("weights_mode", "attention"),
+    text = args.prompt if prompt is None else prompt
+    s = settings_from(
+        checks.text("prompt", text, empty=False, error=CliError),
+        values,
+        values["size"] if "size" in values else default_size(pipe, path),
     )
     where = "--size" if "size" in flags else f"{args.recipe}: generate.size"
     latent_for(pipe, s.size, where if "size" in values else "the model's size")

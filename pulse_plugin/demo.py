@@ -238,7 +238,7 @@ DEMOS: List[Union[Demo, EditDemo]] = [
     ),
     Demo(
         "prompt-weights",
-        "Prompt-weighting syntax (A1111's)",
+        "Prompt-weighting syntax, A1111 style",
         "a blue (red:0.05) circle on the left",
         "With --weights a1111 the marks are read and removed: the baseline is the bare "
         "caption 'a blue red circle on the left' (a red circle on the left, more objects below it). Weight 0.05 "

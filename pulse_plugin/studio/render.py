@@ -93,14 +93,7 @@ def parse(page: Page, pipe, path: Optional[Path]) -> Parsed:
                 )
     g = data["generate"]
     try:
-        settings = cli.Settings(
-            prompt=page.prompt,
-            negative=g["negative"],
-            steps=g["steps"],
-            cfg=g["cfg"],
-            seed=g["seed"],
-            size=g["size"],
-        )
+        settings = cli.settings_from(page.prompt, g, g["size"])
         cli.latent_for(pipe, settings.size)
     except cli.CliError as err:
         if str(err).startswith("prompt"):
