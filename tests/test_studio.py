@@ -130,6 +130,25 @@ def test_full_render_equals_pulse_generate_recipe_for_every_technique(
     assert not np.array_equal(pixels(base), page_image)
 
 
+def test_pag_and_prompt_weights_render_as_pulse_generate_does(studio, tmp_path):
+    marked = "a (red:1.5) circle on the left"
+    generate = {"steps": 4, "cfg": 2.0, "seed": 1, "weights": "a1111"}
+    recipe = {"generate": generate, "pag": [{"scale": 2.0, "block": "mid"}]}
+    job = finished(studio, studio.render({"prompt": marked, "recipe": recipe}))
+    assert job.status == "done", job.error
+    assert len(job.result["applied"]) == 2  # PAG and the prompt's weights
+    (tmp_path / "recipe.toml").write_text(job.result["toml"])
+    out = tmp_path / "cli.png"
+    argv = ["generate", marked, "--recipe", str(tmp_path / "recipe.toml")]
+    assert cli.main([*argv, "-o", str(out)]) == 0
+    assert np.array_equal(pixels(out), pixels(job.result["technique"]))
+    base = tmp_path / "base.png"  # the marks removed, nothing applied
+    steps = ["--steps", "4", "--cfg", "2", "--seed", "1"]
+    assert cli.main(["generate", PROMPT, *steps, "-o", str(base)]) == 0
+    assert np.array_equal(pixels(base), pixels(job.result["baseline"]))
+    assert not np.array_equal(pixels(base), pixels(out))
+
+
 def test_preview_uses_the_preview_steps_and_changes_with_a_slider(studio):
     recipe = {"generate": {"steps": 20}, "inject": [{"block": "all", "prompt": "blue"}]}
     req = {"prompt": PROMPT, "recipe": recipe, "preview": True}

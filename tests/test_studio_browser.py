@@ -270,3 +270,57 @@ def test_a_drawn_region_mask_renders_and_exports_as_an_array(url, browser):
     painted = np.array(json.loads(line.split("=", 1)[1]))
     assert painted.shape == (16, 16) and 0 < painted.sum() < painted.size
     assert painted[:, 3].sum() >= 12  # the stroke's column, top to bottom
+
+
+def test_pag_panel_and_prompt_weights_render_export_and_import(url, browser, tmp_path):
+    d = browser
+    d.get(url)
+    job = done_after(d, None)
+    marked = "a (red:1.5) circle on the left"
+    prompt = d.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys(marked)
+    Select(d.find_element(By.ID, "weights")).select_by_value("a1111")
+    panel = d.find_element(By.CSS_SELECTOR, '[data-section="pag"]')
+    assert (
+        Select(
+            panel.find_element(By.CSS_SELECTOR, '[data-key="block"]')
+        ).first_selected_option.text
+        == "mid"
+    )
+    panel.find_element(By.CSS_SELECTOR, ".on").click()
+    job = done_after(d, job, errors_pass=True)
+    d.find_element(By.ID, "render").click()
+    job = done_after(d, job)
+    page_png = pixels(src(d, "technique"))
+
+    d.find_element(By.ID, "export").click()
+    WebDriverWait(d, 10).until(
+        lambda d: "[[pag]]" in d.find_element(By.ID, "toml").get_attribute("value")
+    )
+    text = d.find_element(By.ID, "toml").get_attribute("value")
+    assert 'weights = "a1111"' in text and 'block = "mid"' in text
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    out = tmp_path / "cli.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "pulse_plugin.cli", "generate", marked]
+        + ["--recipe", str(recipe), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(pixels(out), page_png), "page and CLI differ"
+
+    edited = text.replace('weights_mode = "attention"', 'weights_mode = "embedding"')
+    assert edited != text
+    box = d.find_element(By.ID, "toml")
+    box.clear()
+    d.execute_script("arguments[0].value = arguments[1]", box, edited)
+    d.find_element(By.ID, "import").click()
+    WebDriverWait(d, 10).until(
+        lambda d: d.find_element(By.ID, "weights_mode").get_attribute("value")
+        == "embedding"
+    )
+    assert panel.find_element(By.CSS_SELECTOR, ".on").is_selected()

@@ -31,8 +31,8 @@ from measure_effects import across_kernels  # noqa: E402
 
 from pulse_plugin import blas, demo  # noqa: E402
 from pulse_plugin.toy import editing  # noqa: E402
-from pulse_plugin.toy import effects as E  # noqa: E402
 from pulse_plugin.toy import shapes  # noqa: E402
+from pulse_plugin.toy import effects as E  # noqa: E402
 
 THRESHOLDS = {  # statistic -> the test's bound
     "p2p: edit - plain IoU (mean)": ">= 0.1",

@@ -24,7 +24,7 @@ from ..recipe import RecipeError
 
 HEADER = "# pulse studio recipe. Render it with:\n"
 GENERATE_DEFAULTS = {"negative": "", "steps": 20, "cfg": 7.5, "seed": 0}
-GENERATE_FIELDS = (*GENERATE_DEFAULTS, "size")  # what the page shows and renders
+GENERATE_FIELDS = (*GENERATE_DEFAULTS, "size", "weights", "weights_mode")  # the page's
 SECTIONS = (
     "generate",
     "inject",
@@ -33,6 +33,7 @@ SECTIONS = (
     "keep_only",
     "region",
     "self_attention",
+    "pag",
     "bend",
     "lora",
     "capture",
