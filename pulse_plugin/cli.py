@@ -18,7 +18,6 @@ from .recipe import (
     PULSE_SECTIONS,
     Capture,
     Recipe,
-    RecipeError,
     generate_entry,
 )
 
@@ -141,7 +140,6 @@ class Settings:
 
 def generate(pipe, s: Settings, label: str = "generate"):
     """One image as uint8 (H, W, 3), with a progress bar over the denoising steps."""
-    import numpy as np
     from tqdm import tqdm
 
     from .sampling import decode, final_latents, to_uint8

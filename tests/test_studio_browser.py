@@ -103,6 +103,22 @@ def pixels(data_url_or_path) -> np.ndarray:
     return np.asarray(Image.open(data_url_or_path).convert("RGB"))
 
 
+def cli_render(prompt, recipe_text, tmp_path) -> np.ndarray:
+    """The pixels ``pulse generate PROMPT --recipe`` writes for an exported recipe."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe_text)
+    out = tmp_path / "cli.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "pulse_plugin.cli", "generate", prompt]
+        + ["--recipe", str(recipe), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    return pixels(out)
+
+
 def test_edit_preview_render_export_matches_cli(url, browser, tmp_path):
     d = browser
     d.get(url)
@@ -137,18 +153,9 @@ def test_edit_preview_render_export_matches_cli(url, browser, tmp_path):
     )
     text = d.find_element(By.ID, "toml").get_attribute("value")
     assert "weight = 0.7" in text
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(text)
-    out = tmp_path / "cli.png"
-    run = subprocess.run(
-        [sys.executable, "-m", "pulse_plugin.cli", "generate", PROMPT]
-        + ["--recipe", str(recipe), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-    assert np.array_equal(pixels(out), page_png), "page and CLI differ"
+    assert np.array_equal(
+        cli_render(PROMPT, text, tmp_path), page_png
+    ), "page and CLI differ"
 
     # import: the same recipe with another seed and weight fills the form
     edited = text.replace("seed = 0", "seed = 3").replace(
@@ -300,18 +307,9 @@ def test_pag_panel_and_prompt_weights_render_export_and_import(url, browser, tmp
     )
     text = d.find_element(By.ID, "toml").get_attribute("value")
     assert 'weights = "a1111"' in text and 'block = "mid"' in text
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(text)
-    out = tmp_path / "cli.png"
-    run = subprocess.run(
-        [sys.executable, "-m", "pulse_plugin.cli", "generate", marked]
-        + ["--recipe", str(recipe), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-    assert np.array_equal(pixels(out), page_png), "page and CLI differ"
+    assert np.array_equal(
+        cli_render(marked, text, tmp_path), page_png
+    ), "page and CLI differ"
 
     edited = text.replace('weights_mode = "attention"', 'weights_mode = "embedding"')
     assert edited != text

@@ -15,7 +15,6 @@ measured at the demo's own settings (20 steps, seed 0) in seed set 0 only.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure_effects import across_kernels  # noqa: E402
+from measure_effects import across_kernels, add_kernel_options, report  # noqa: E402
 
 from pulse_plugin import blas, demo  # noqa: E402
 from pulse_plugin.toy import editing  # noqa: E402
@@ -59,19 +58,7 @@ PANELS = ("prompt-weights", "prompt-to-prompt", "pag")
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=1, help="seed sets 0..N-1 (default 1)")
-    p.add_argument(
-        "--kernels",
-        nargs="+",
-        choices=(blas.DEFAULT, blas.BUNDLED) + blas.KERNELS,
-        help="measure once per BLAS kernel, each in a subprocess",
-    )
-    p.add_argument(
-        "--bundled-seeds",
-        type=int,
-        default=None,
-        help="seed sets for the (slow) bundled BLAS (default: --seeds)",
-    )
-    p.add_argument("--json", type=Path, help="also write the statistics here")
+    add_kernel_options(p, "seed sets")
     return p.parse_args(argv)
 
 
@@ -129,17 +116,7 @@ def main(argv=None) -> int:
         f"\n{args.seeds} seed set(s) ({time.perf_counter() - t0:.0f} s; "
         f"BLAS fingerprint {blas.fingerprint()})\n"
     )
-    print("| statistic | test's bound | per seed set | min | max |")
-    print("|---|---|---|---|---|")
-    for name, values in stats.items():
-        print(
-            f"| {name} | {THRESHOLDS[name]} | {' '.join(f'{v:+.3f}' for v in values)} "
-            f"| {min(values):+.3f} | {max(values):+.3f} |"
-        )
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(dict(fingerprint=blas.fingerprint(), stats=stats)) + "\n"
-        )
+    report(stats, args.json, "statistic", "per seed set", THRESHOLDS)
     return 0
 
 

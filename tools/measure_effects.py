@@ -57,6 +57,12 @@ def parse(argv=None) -> argparse.Namespace:
         default=None,
         help="a recolouring LoRA file (default: train one, timed, as the test does)",
     )
+    add_kernel_options(p)
+    return p.parse_args(argv)
+
+
+def add_kernel_options(p: argparse.ArgumentParser, seeds: str = "seeds") -> None:
+    """--kernels, --bundled-seeds and --json (what across_kernels needs)."""
     p.add_argument(
         "--kernels",
         nargs="+",
@@ -67,10 +73,9 @@ def parse(argv=None) -> argparse.Namespace:
         "--bundled-seeds",
         type=int,
         default=None,
-        help="seeds for the (slow) bundled BLAS (default: --seeds)",
+        help=f"{seeds} for the (slow) bundled BLAS (default: --seeds)",
     )
     p.add_argument("--json", type=Path, help="also write the statistics here")
-    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -120,20 +125,28 @@ def main(argv=None) -> int:
             if len(runs_values[0]) == 1:
                 sd = E.summary([v[0] for v in runs_values])[1]
             print(f"| {name} | {key} | {mean:+.3f} | {sd:.3f} | {per_seed} |")
-    print("\n| statistic (tests/test_effects.py) | per seed | min | max |")
-    print("|---|---|---|---|")
-    for stat, values in stats.items():
-        print(
-            f"| {stat} | {' '.join(f'{v:+.3f}' for v in values)} "
-            f"| {np.nanmin(values):+.3f} | {np.nanmax(values):+.3f} |"
-        )
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(dict(fingerprint=blas.fingerprint(), stats=stats)) + "\n"
-        )
+    print()
+    report(stats, args.json, "statistic (tests/test_effects.py) | per seed")
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def report(stats: Stats, json_path: Optional[Path], heading: str, bounds=None) -> None:
+    """Print each statistic's values with their min and max; write them to json_path."""
+    bound = "" if bounds is None else " test's bound |"
+    print(f"| {heading} |{bound} min | max |")
+    print("|---" * (4 if bounds is None else 5) + "|")
+    for stat, values in stats.items():
+        given = "" if bounds is None else f" {bounds[stat]} |"
+        print(
+            f"| {stat} |{given} {' '.join(f'{v:+.3f}' for v in values)} "
+            f"| {np.nanmin(values):+.3f} | {np.nanmax(values):+.3f} |"
+        )
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps(dict(fingerprint=blas.fingerprint(), stats=stats)) + "\n"
+        )
 
 
 def _without(argv: List[str], option: str, takes_values: bool) -> List[str]:
