@@ -3,7 +3,8 @@
 Each panel is the baseline and one or more pictures with a technique, at the
 same seed; ``tests/test_demo.py`` measures on the toy model that every panel
 shows what its text says. Every picture's recipe is written beside it as JSON
-(``pulse generate PROMPT --recipe NAME.json`` in the folder redraws it).
+(``pulse generate PROMPT --recipe NAME.json`` in the folder redraws it); the
+prompt-to-prompt panel (two prompts, one batch) shows its ``pulse edit`` command.
 """
 
 from __future__ import annotations
@@ -241,8 +242,9 @@ DEMOS: List[Union[Demo, EditDemo]] = [
         "Prompt-weighting syntax, A1111 style",
         "a blue (red:0.05) circle on the left",
         "With --weights a1111 the marks are read and removed: the baseline is the bare "
-        "caption 'a blue red circle on the left' (a red circle on the left, more objects below it). Weight 0.05 "
-        "on 'red', on attention probabilities (this project's default, as reweight): one "
+        "caption 'a blue red circle on the left' (a red circle on the left, more objects "
+        "below it). Weight 0.05 on 'red', on attention probabilities (this project's "
+        "default, as reweight): one "
         "blue circle on the left (middle). On token embeddings, as A1111 itself weights: "
         "one circle on the left, green, part way to blue (right). compel's "
         "'a blue (red)0.05 circle on the left' gives the middle picture bit for bit.",
