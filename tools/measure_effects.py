@@ -126,16 +126,18 @@ def main(argv=None) -> int:
                 sd = E.summary([v[0] for v in runs_values])[1]
             print(f"| {name} | {key} | {mean:+.3f} | {sd:.3f} | {per_seed} |")
     print()
-    report(stats, args.json, "statistic (tests/test_effects.py) | per seed")
+    report(stats, args.json, "statistic (tests/test_effects.py)", "per seed")
     if tmp is not None:
         tmp.cleanup()
     return 0
 
 
-def report(stats: Stats, json_path: Optional[Path], heading: str, bounds=None) -> None:
+def report(
+    stats: Stats, json_path: Optional[Path], name: str, per: str, bounds=None
+) -> None:
     """Print each statistic's values with their min and max; write them to json_path."""
     bound = "" if bounds is None else " test's bound |"
-    print(f"| {heading} |{bound} min | max |")
+    print(f"| {name} |{bound} {per} | min | max |")
     print("|---" * (4 if bounds is None else 5) + "|")
     for stat, values in stats.items():
         given = "" if bounds is None else f" {bounds[stat]} |"
