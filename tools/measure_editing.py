@@ -5,7 +5,7 @@
         Prescott Sandybridge bundled --bundled-seeds 1 # spread over seeds and BLAS kernels
 
 Seed set k is what ``tests/test_effects_editing.py`` runs, moved by k: prompt-to-prompt
-on seeds 8k..8k+7, local blend on 3k..3k+2, PAG with caption i on seed 8k+i. Each
+on seeds 16k..16k+15, local blend on 3k..3k+2, PAG with caption i on seed 8k+i. Each
 statistic is the quantity a test compares with its threshold (given beside it). The
 demo's prompt-weighting, prompt-to-prompt and PAG panels (``tests/test_demo.py``) are
 measured at the demo's own settings (20 steps, seed 0) in seed set 0 only.
@@ -39,7 +39,7 @@ THRESHOLDS = {  # statistic -> the test's bound
     "p2p: source blueness (max)": "<= -0.5",
     "blend: right change (max)": "<= 0.09",
     "blend: with / without, right change (max)": "< 1",
-    "blend: with / without, right change (mean)": "<= 0.8",
+    "blend: with / without, right change (mean)": "<= 0.85",
     "blend: left blueness gain (min)": ">= 0.6",
     "pag: accuracy change": ">= -0.0625",
     "pag: mean abs change": "> 1e-4",
@@ -64,7 +64,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def seed_set(pipe, k: int) -> Dict[str, float]:
     """The tests' statistics on seed set k."""
-    kept = editing.layout_kept(pipe, range(8 * k, 8 * k + 8))
+    kept = editing.layout_kept(pipe, range(16 * k, 16 * k + 16))
     blend = editing.local_blend(pipe, range(3 * k, 3 * k + 3))
     base, plain = editing.pag_accuracy(pipe, 0.0, seed=8 * k)
     guided, with_pag = editing.pag_accuracy(pipe, 3.0, seed=8 * k)
