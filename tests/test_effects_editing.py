@@ -18,6 +18,24 @@ default OpenBLAS kernel (SkylakeX) on this project's machine:
   pixels' mean distance to the palette colour 0.152 both; 92.2% of 64 samples both with
   tools/measure_toy_quality.py --pag (position 100% both); on every self-attention site it
   breaks the colour (34%). It does not help this model; the test asserts no harm.
+
+Spread (tools/measure_editing.py --seeds 3 --kernels ...): seed set k moves the tests' seeds
+(prompt-to-prompt 16k..16k+15, local blend 3k..3k+2, PAG 8k+i); per set 0 / 1 / 2, the same
+to two decimals under the default kernel (SkylakeX), Haswell, Nehalem, Prescott (each with
+OPENBLAS_NUM_THREADS=1), and, with 8-seed prompt-to-prompt sets, under Sandybridge and MLX's
+bundled BLAS (set 0):
+
+| statistic | sets 0 / 1 / 2 | worst | bound |
+| --- | --- | --- | --- |
+| p2p: edit - plain IoU, mean | +0.23 / +0.13 / +0.20 | +0.125 | >= 0.06 |
+| p2p: edit blueness, mean | +0.35 / +0.46 / +0.54 | +0.354 | >= 0.2 |
+| p2p: source blueness, max | -0.92 / -0.91 / -0.90 | -0.901 | <= -0.5 |
+| blend: right change, max | 0.06 / 0.07 / 0.07 | 0.069 | <= 0.09 |
+| blend: with / without, per seed max | 0.64 / 0.91 / 0.93 | 0.931 | < 1 |
+| blend: with / without, mean | 0.57 / 0.68 / 0.76 | 0.756 | <= 0.85 |
+| blend: left blueness gain, min | +1.10 / +1.07 / +1.25 | +1.075 | >= 0.6 |
+| pag: accuracy change | 0 / 0 / 0 | 0 | >= -1/16 |
+| pag: mean abs change | 0.002-0.003 | 0.002 | > 1e-4 |
 Thresholds sit below the worst case with a margin; .ci/run repeats them under a forced kernel.
 """
 
@@ -35,8 +53,8 @@ def toy():
 
 def test_prompt_to_prompt_keeps_the_layout_and_changes_the_colour(toy):
     r = editing.layout_kept(toy, range(16))
-    assert r["edit"].mean() >= r["plain"].mean() + 0.1  # measured +0.21
-    assert r["blue"].mean() >= 0.2  # measured +0.48
+    assert r["edit"].mean() >= r["plain"].mean() + 0.06  # measured +0.235 (seeds 0-15)
+    assert r["blue"].mean() >= 0.2  # measured +0.35
     assert r["source_blue"].max() <= -0.5  # the source stays red (-0.92 at most)
 
 
