@@ -381,6 +381,12 @@ def build_recipe(args) -> Recipe:
 
 def settings_from(prompt: str, values: Dict[str, Any], size: int) -> Settings:
     """Settings from checked [generate] values; a missing value takes its default."""
+    if "weights_mode" in values and "weights" not in values:
+        raise CliError(
+            f"weights_mode {values['weights_mode']!r}: given without weights; say which"
+            " syntax the prompt's weights are written in (--weights, or weights in"
+            " [generate])"
+        )
     given = {k: values[k] for k in GENERATE_FIELDS if k in values and k != "size"}
     return Settings(prompt=prompt, size=size, **given)
 

@@ -86,6 +86,7 @@ def test_pag_and_weights_flags_are_the_api(model, tmp_path):
         (["edit", SOURCE, EDIT, "--local-blend", "dog"], "in neither prompt"),
         (["generate", "a (red) circle", "--weights", "compel", "--pag", "s=1"], "s"),
         (["generate", SOURCE, "--pag", "scale=nan"], "pag[0].scale"),
+        (["generate", SOURCE, "--weights-mode", "embedding"], "given without weights"),
     ],
 )
 def test_bad_input_exits_2(model_dir, tmp_path, capsys, argv, message):  # noqa: F811

@@ -149,6 +149,14 @@ def test_pag_and_prompt_weights_render_as_pulse_generate_does(studio, tmp_path):
     assert not np.array_equal(pixels(base), pixels(out))
 
 
+def test_weights_mode_without_weights_is_an_error_not_ignored(studio):
+    recipe = {"generate": {"steps": 2, "weights_mode": "embedding"}}
+    job = finished(studio, studio.render({"prompt": PROMPT, "recipe": recipe}))
+    assert job.status == "error"
+    assert job.error["field"] == "generate.weights_mode"
+    assert "without weights" in job.error["message"]
+
+
 def test_preview_uses_the_preview_steps_and_changes_with_a_slider(studio):
     recipe = {"generate": {"steps": 20}, "inject": [{"block": "all", "prompt": "blue"}]}
     req = {"prompt": PROMPT, "recipe": recipe, "preview": True}

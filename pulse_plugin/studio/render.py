@@ -96,8 +96,13 @@ def parse(page: Page, pipe, path: Optional[Path]) -> Parsed:
         settings = cli.settings_from(page.prompt, g, g["size"])
         cli.latent_for(pipe, settings.size)
     except cli.CliError as err:
-        if str(err).startswith("prompt"):
-            raise PageError("prompt", str(err).split(":", 1)[1].strip()) from err
+        text = str(err)
+        for prefix, field in (
+            ("prompt", "prompt"),
+            ("weights_mode", "generate.weights_mode"),
+        ):
+            if text.startswith(prefix):
+                raise PageError(field, text.split(":", 1)[1].strip()) from err
         raise PageError("generate.size", str(err).removeprefix("--size ")) from err
     return Parsed(settings, recipe, text, data)
 
