@@ -48,6 +48,12 @@ def pixels(image):
     return Q.classify(image).pixels
 
 
+def assert_is_difference(diff, a, b):
+    """diff is |a - b| x DIFF_GAIN, clipped (to the PNG's rounding)."""
+    expected = np.clip(np.abs(a - b) * demo.DIFF_GAIN, 0, 1)
+    np.testing.assert_allclose(diff, expected, atol=1 / 255 * demo.DIFF_GAIN)
+
+
 def changed(a, b):
     """Mean absolute difference in 0-255 units."""
     return float(np.abs(a - b).mean() * 255)
@@ -137,8 +143,7 @@ def test_self_attention_change_is_shown_with_its_difference(gallery):
     assert pixels(cut) < 0.93 * pixels(base)  # smaller: measured 182 vs 208 pixels
     assert colour(base) == "yellow" and colour(cut) == "yellow"
     assert changed(cut, base) > 2  # measured 7.7 (0-255 mean)
-    expected = np.clip(np.abs(cut - base) * demo.DIFF_GAIN, 0, 1)
-    np.testing.assert_allclose(diff, expected, atol=1 / 255 * demo.DIFF_GAIN)
+    assert_is_difference(diff, cut, base)
 
 
 def stat(name, pictures):
@@ -178,8 +183,7 @@ def test_pag_panel_changes_little_and_keeps_colour_and_place(gallery):
     assert colour(base) == "red" and colour(guided) == "red"
     assert stat("pag: mean change (0-255)", pictures) > 2  # measured 7.3
     assert stat("pag: x shift, abs", pictures) < 0.1  # 0.72 -> 0.76
-    expected = np.clip(np.abs(guided - base) * demo.DIFF_GAIN, 0, 1)
-    np.testing.assert_allclose(diff, expected, atol=1 / 255 * demo.DIFF_GAIN)
+    assert_is_difference(diff, guided, base)
 
 
 def test_lora_weights_move_the_circle_monotonically_to_blue(gallery):
